@@ -1,0 +1,47 @@
+"""The ``pyramidflow`` command line.
+
+Each subcommand lives in its own module under :mod:`pyramidflow.commands` and exposes
+``register(subparsers)``; it adds a parser and sets ``func`` to a handler ``func(args) -> int``.
+Handlers import heavy modules lazily so that ``pyramidflow --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pyramidflow import __version__
+
+# One entry per subcommand module, in the order they are listed in --help.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+# Exceptions that mean "bad input": printed as one line, exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyramidflow",
+        description="Pyramidal flow matching for video generation.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyramidflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"pyramidflow {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Typed configs: dataclasses filled from YAML presets and ``key=value`` overrides.
+
+A config is a (possibly nested) dataclass. ``load_config(Cls, "configs/x.yaml", ["a.b=3"])``
+reads the YAML, applies the overrides and checks every key and type, so a typo fails at once
+with the list of valid keys instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pyramidflow.errors import PyramidflowError
+
+T = TypeVar("T")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against ``annotation`` (converting lists to tuples and ints to floats)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except PyramidflowError:
+                continue
+        raise PyramidflowError(f"{key}: {value!r} does not fit {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise PyramidflowError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise PyramidflowError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise PyramidflowError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PyramidflowError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise PyramidflowError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise PyramidflowError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise PyramidflowError(f"{key}: expected an integer, got {value!r}")
+    if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise PyramidflowError(f"{key}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise PyramidflowError(
+            f"unknown config key {prefix}{unknown[0]!s}; valid keys: {', '.join(sorted(types_))}"
+        )
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain (YAML-safe) dict of a config dataclass; tuples become lists."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to a nested dict; values are parsed as YAML scalars."""
+    data = dict(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise PyramidflowError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from a YAML preset (optional) with ``key=value`` overrides applied on top."""
+    base = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise PyramidflowError(f"{path}: the top level must be a mapping of config keys")
+        _check_keys(cls, loaded)
+        base = _merge(base, loaded)
+    _check_keys(cls, apply_overrides({}, overrides))
+    return from_dict(cls, apply_overrides(base, overrides))
+
+
+def _check_keys(cls: type, data: dict[str, Any], prefix: str = "") -> None:
+    types_ = _field_types(cls)
+    for key, value in data.items():
+        if key not in types_:
+            raise PyramidflowError(
+                f"unknown config key {prefix}{key}; valid keys: {', '.join(sorted(types_))}"
+            )
+        if dataclasses.is_dataclass(types_[key]) and isinstance(value, dict):
+            _check_keys(types_[key], value, prefix=f"{prefix}{key}.")
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
