@@ -14,7 +14,10 @@ import sys
 from pyramidflow import __version__
 
 # One entry per subcommand module, in the order they are listed in --help.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "pyramidflow.commands.schedule",
+    "pyramidflow.commands.flops",
+)
 
 # Exceptions that mean "bad input": printed as one line, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)

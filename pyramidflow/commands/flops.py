@@ -1,0 +1,99 @@
+"""``pyramidflow flops``: tokens and TFLOPs per stage of a Wan-family transformer on a pyramid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PYRAMIDS = ("causal", "spatiotemporal", "spatial")
+
+
+def register(subparsers) -> None:
+    from pyramidflow.flops import PRESETS
+
+    p = subparsers.add_parser(
+        "flops",
+        help="count tokens and TFLOPs per stage (Wan transformer family)",
+        description="Tokens and TFLOPs per stage and in total, counting 2 FLOPs per multiply-add in "
+        "every linear layer and the attention products, one forward pass per step (MATH.md section 8).",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a known model size")
+    src.add_argument("--config", default=None, help="a transformer config.json (diffusers layout)")
+    p.add_argument("--frames", type=int, default=81, help="video frames (1 + 4k for the Wan VAE)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--steps", default="20-20-10", help="steps per stage, coarse to fine, e.g. 20-20-10")
+    p.add_argument(
+        "--pyramid", choices=PYRAMIDS, default="causal",
+        help="how a level lowers the latent: causal first frame (Wan, default), 2x2x2, or 2x2",
+    )
+    p.add_argument("--text-len", type=int, default=512, help="text tokens (default 512)")
+    p.add_argument("--cfg", action="store_true", help="count two forward passes per step")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def compute(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    from pyramidflow.commands._parse import int_list
+    from pyramidflow.flops import PRESETS, WAN_VAE, TransformerSpec, schedule_flops, spec_dict
+    from pyramidflow.pyramid import HaarTransform
+
+    if args.config:
+        path = Path(args.config)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"transformer config not found: {path}")
+        spec = TransformerSpec.from_config(json.loads(path.read_text()), text_len=args.text_len)
+        name = str(path)
+    else:
+        name = args.preset or "wan2.1-t2v-1.3b"
+        spec = replace(PRESETS[name], text_len=args.text_len)
+    steps = int_list(args.steps, allow_zero=True)
+    transform = HaarTransform(
+        temporal=args.pyramid != "spatial", causal_first_frame=args.pyramid == "causal"
+    )
+    latent = WAN_VAE.latent_shape(args.frames, args.height, args.width)
+    result = schedule_flops(spec, latent, steps, transform, cfg=args.cfg)
+    full_tokens = result["per_stage"][-1]["tokens"]
+    single = schedule_flops(spec, latent, [0] * (len(steps) - 1) + [sum(steps)], transform, cfg=args.cfg)
+    result.update(
+        model=name,
+        spec=spec_dict(spec),
+        video=[args.frames, args.height, args.width],
+        latent_shape=list(latent),
+        steps=list(steps),
+        pyramid=args.pyramid,
+        full_resolution_tokens=full_tokens,
+        single_stage_same_steps_tflops=single["total_tflops"],
+    )
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    result = compute(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{result['model']}: video {'x'.join(map(str, result['video']))} -> latent "
+        f"{'x'.join(map(str, result['latent_shape']))}, steps {'-'.join(map(str, result['steps']))}, "
+        f"{result['pyramid']} pyramid"
+    )
+    header = ("stage", "latent T x H x W", "tokens", "steps", "TFLOPs/step", "TFLOPs")
+    print("{:>5} {:>18} {:>8} {:>5} {:>12} {:>10}".format(*header))
+    for s in result["per_stage"]:
+        shape = "x".join(map(str, s["latent_shape"]))
+        print(
+            f"{s['stage']:>5} {shape:>18} {s['tokens']:>8} {s['steps']:>5} "
+            f"{s['tflops_per_step']:>12.2f} {s['tflops']:>10.1f}"
+        )
+    total, single = result["total_tflops"], result["single_stage_same_steps_tflops"]
+    saving = 100.0 * (1.0 - total / single) if single else 0.0
+    print(f"total: {total:.1f} TFLOPs ({saving:.0f}% less than {sum(result['steps'])} full-resolution steps: "
+          f"{single:.1f} TFLOPs)")
+    return 0

@@ -1,0 +1,94 @@
+"""The jump between stages: inference renoising (MATH.md section 5).
+
+At the end of stage i the sample is x = (1 - sigma) a + sigma n at low resolution. One level up,
+
+    alpha  = 1 / (1 + (c - 1) sigma)
+    sigma' = c sigma / (1 + (c - 1) sigma)
+    x'     = alpha up(x) + sigma' P_detail(eps),   eps ~ N(0, I) fresh,
+
+so x' = (1 - sigma') up(a) + sigma' eps' with eps' white. Pyramid Flow's block noise with
+covariance (1 + gamma) I - gamma 11^T is the same distribution; here it is one vectorised line.
+
+Token groups with different gains (a causal first frame, c = 2, beside c = 2 sqrt 2) land at
+different sigma'; every group is brought to the schedule's start level by ``forward_noise``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.pyramid.schedule import PyramidSchedule, jump_alpha, jump_sigma
+from pyramidflow.pyramid.transforms import HaarTransform
+
+_TOL = 1e-9
+
+
+def forward_noise(x: Tensor, sigma_from: float, sigma_to: float, generator=None) -> Tensor:
+    """Raise the noise level of x = (1-s1) a + s1 n to s2 >= s1 (MATH.md section 5, last formula).
+
+    x -> ((1 - s2)/(1 - s1)) x + sqrt(s2^2 - ((1 - s2) s1/(1 - s1))^2) eps.
+    """
+    s1, s2 = float(sigma_from), float(sigma_to)
+    if not (math.isfinite(s1) and math.isfinite(s2)):
+        raise PyramidflowError(f"sigmas must be finite, got {s1} -> {s2}")
+    if not 0.0 <= s1 <= s2 <= 1.0:
+        raise PyramidflowError(f"forward_noise needs 0 <= sigma_from <= sigma_to <= 1, got {s1} -> {s2}")
+    if s1 == 1.0:
+        return x.clone()
+    scale = (1.0 - s2) / (1.0 - s1)
+    std = math.sqrt(max(s2 * s2 - (scale * s1) ** 2, 0.0))
+    if std == 0.0:
+        return x * scale
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return scale * x + std * eps
+
+
+def jump(x: Tensor, sigma: float, sigma_target: float, transform: HaarTransform, generator=None) -> Tensor:
+    """One level up from natural level ``sigma`` to ``sigma_target`` (the next stage's start).
+
+    Each token group jumps with its own gain; a group that lands below ``sigma_target`` is
+    forward-noised to it. Landing above it cannot be undone, so that is an error.
+    """
+    fine = transform.up(x)  # (B, C, T', 2H, 2W)
+    detail = transform.project_detail(
+        torch.randn(fine.shape, generator=generator, device=fine.device, dtype=fine.dtype)
+    )
+    out = []
+    for group, up_part, det_part in zip(
+        transform.groups, transform.split_groups(fine), transform.split_groups(detail), strict=True
+    ):
+        c = group.gain
+        landed = jump_sigma(sigma, c)
+        if landed > sigma_target + _TOL:
+            raise PyramidflowError(
+                f"a jump with gain {c:.4f} from sigma {sigma:.6f} lands at {landed:.6f}, above the next "
+                f"stage's start {sigma_target:.6f}; the schedule's gain must be >= every group's gain"
+            )
+        part = jump_alpha(sigma, c) * up_part + landed * det_part
+        if landed < sigma_target - _TOL and part.shape[2] > 0:
+            part = forward_noise(part, landed, sigma_target, generator)
+        out.append(part)
+    return transform.merge_groups(out)
+
+
+def renoise(
+    x_end: Tensor,
+    schedule: PyramidSchedule,
+    transform: HaarTransform,
+    stage: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """End of ``stage`` (low resolution) -> start of ``stage + 1`` (one level up)."""
+    stage = schedule.check_stage(stage)
+    if stage == schedule.num_stages - 1:
+        raise PyramidflowError(
+            f"stage {stage} is the last stage: there is no jump after it "
+            f"(valid stages for renoise: 0..{schedule.num_stages - 2})"
+        )
+    sigma = schedule.windows[stage][1]
+    target = schedule.windows[stage + 1][0]
+    return jump(x_end, sigma, target, transform, generator)

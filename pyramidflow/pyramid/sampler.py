@@ -1,0 +1,103 @@
+"""Algorithm 1: pyramidal sampling with any velocity function (MATH.md sections 3 and 5).
+
+Noise at the coarsest level, Euler steps along each stage's sigma grid, the renoising jump
+between stages. The state is kept in the requested dtype (float32 by default); the network is
+given natural sigmas (timestep = 1000 * sigma is the caller's business).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.pyramid.renoise import renoise
+from pyramidflow.pyramid.schedule import PyramidSchedule
+from pyramidflow.pyramid.transforms import HaarTransform
+
+VelocityFn = Callable[[Tensor, Tensor, int], Tensor]
+StepCallback = Callable[[int, int, Tensor, float], None]
+
+_GRID_TOL = 1e-6
+
+
+def _check_grid(grid: Tensor, stage: int, window: tuple[float, float]) -> Tensor:
+    grid = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
+    if grid.numel() < 2:
+        raise PyramidflowError(f"the sigma grid of stage {stage} needs at least 2 values (one step)")
+    if not torch.isfinite(grid).all():
+        raise PyramidflowError(f"the sigma grid of stage {stage} has non-finite values: {grid.tolist()}")
+    if (grid[1:] >= grid[:-1]).any():
+        raise PyramidflowError(f"the sigma grid of stage {stage} must be strictly decreasing")
+    start, end = window
+    if abs(float(grid[0]) - start) > _GRID_TOL or abs(float(grid[-1]) - end) > _GRID_TOL:
+        raise PyramidflowError(
+            f"the sigma grid of stage {stage} runs {float(grid[0]):.6f} -> {float(grid[-1]):.6f}, "
+            f"but the stage window is {start:.6f} -> {end:.6f}"
+        )
+    return grid
+
+
+def stage_grids(
+    schedule: PyramidSchedule, steps: Sequence[int] | None, sigmas: Sequence[Tensor] | None = None
+) -> list[Tensor]:
+    """Validated float64 sigma grids, one per stage (from ``steps`` or the explicit ``sigmas``)."""
+    if sigmas is not None:
+        if len(sigmas) != schedule.num_stages:
+            raise PyramidflowError(
+                f"sigmas has {len(sigmas)} grids but the schedule has {schedule.num_stages} stages"
+            )
+        return [_check_grid(g, i, schedule.windows[i]) for i, g in enumerate(sigmas)]
+    steps = schedule.check_steps(steps if steps is not None else ())
+    return [schedule.sigmas(i, n) for i, n in enumerate(steps)]
+
+
+@torch.no_grad()
+def sample(
+    velocity_fn: VelocityFn,
+    schedule: PyramidSchedule,
+    transform: HaarTransform,
+    shape: Sequence[int],
+    steps: Sequence[int] | None,
+    generator: torch.Generator | None = None,
+    sigmas: Sequence[Tensor] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """Generate a full-resolution (B, C, T, H, W) sample.
+
+    Args:
+        velocity_fn: ``f(x, sigma (B,), stage) -> dx/dsigma`` at the stage's resolution.
+        shape: full-resolution (B, C, T, H, W).
+        steps: Euler steps per stage, e.g. (20, 20, 20); ignored when ``sigmas`` is given.
+        sigmas: optional per-stage grids replacing ``schedule.sigmas``; each must run exactly
+            from the stage's start to its end.
+        callback: ``callback(stage, step, x, sigma_next)`` after every Euler step.
+    """
+    grids = stage_grids(schedule, steps, sigmas)
+    shape = tuple(int(s) for s in shape)
+    coarse = transform.shape_at(shape, schedule.num_stages - 1)
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    # sigma_start(0) = 1: the coarsest stage starts from pure noise.
+    x = torch.randn(coarse, generator=generator, device=device, dtype=dtype)
+    batch = shape[0]
+    for stage, grid in enumerate(grids):
+        values = grid.tolist()
+        for step, (s, s_next) in enumerate(zip(values[:-1], values[1:], strict=True)):
+            sigma = torch.full((batch,), s, device=x.device, dtype=torch.float32)
+            v = velocity_fn(x, sigma, stage)
+            if v.shape != x.shape:
+                raise PyramidflowError(
+                    f"velocity_fn returned shape {tuple(v.shape)} at stage {stage}, expected {tuple(x.shape)}"
+                )
+            x = x + (s_next - s) * v.to(x.dtype)
+            if callback is not None:
+                callback(stage, step, x, s_next)
+        if stage < schedule.num_stages - 1:
+            x = renoise(x, schedule, transform, stage, generator)
+    return x

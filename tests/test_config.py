@@ -1,0 +1,48 @@
+"""Typed configs: YAML presets, key=value overrides, unknown keys rejected."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from pyramidflow.config import apply_overrides, load_config, to_dict
+from pyramidflow.errors import PyramidflowError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclass
+class Cfg:
+    name: str = "x"
+    steps: int = 10
+    stages: tuple[int, ...] = (20, 20, 20)
+    resume: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\noptim:\n  lr: 3\n")
+    cfg = load_config(Cfg, path, ["optim.betas=[0.8, 0.99]", "stages=[2,2,1]", "name=run1"])
+    assert cfg.steps == 5 and cfg.optim.lr == 3.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == (0.8, 0.99) and cfg.stages == (2, 2, 1) and cfg.name == "run1"
+    assert to_dict(cfg)["optim"]["betas"] == [0.8, 0.99]
+    assert load_config(Cfg).steps == 10
+
+
+def test_unknown_keys_and_bad_types(tmp_path):
+    with pytest.raises(PyramidflowError, match="unknown config key optim.lrr; valid keys: betas, lr"):
+        load_config(Cfg, None, ["optim.lrr=1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("stepz: 5\n")
+    with pytest.raises(PyramidflowError, match="unknown config key stepz"):
+        load_config(Cfg, path)
+    with pytest.raises(PyramidflowError, match="expected an integer"):
+        load_config(Cfg, None, ["steps=1.5"])
+    with pytest.raises(PyramidflowError, match="key=value"):
+        apply_overrides({}, ["steps"])
+    with pytest.raises(FileNotFoundError):
+        load_config(Cfg, tmp_path / "missing.yaml")

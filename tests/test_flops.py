@@ -1,0 +1,72 @@
+"""FLOP accounting: PyramidalWan Table 1 figures and PyTorch's FLOP counter on a real Wan model."""
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.flops import PRESETS, WAN_VAE, TransformerSpec, forward_flops, schedule_flops
+from pyramidflow.pyramid import HaarTransform
+
+CAUSAL = HaarTransform(temporal=True, causal_first_frame=True)
+LATENT = WAN_VAE.latent_shape(81, 448, 832)
+
+TABLE_1 = {  # PyramidalWan Table 1, Wan2.1-1.3B, TFLOPs without CFG (MATH.md section 8)
+    (0, 0, 50): 12592,
+    (20, 20, 10): 2821,
+    (0, 0, 4): 1007,
+    (0, 0, 2): 504,
+    (2, 2, 2): 534,
+    (2, 2, 1): 282,
+}
+
+
+def test_latent_and_token_counts():
+    assert LATENT == (21, 56, 104)
+    result = schedule_flops(PRESETS["wan2.1-t2v-1.3b"], LATENT, (1, 1, 1), CAUSAL)
+    assert [s["tokens"] for s in result["per_stage"]] == [546, 4004, 30576]
+    assert [s["latent_shape"] for s in result["per_stage"]] == [[6, 14, 26], [11, 28, 52], [21, 56, 104]]
+
+
+@pytest.mark.parametrize("steps,tflops", TABLE_1.items())
+def test_pyramidalwan_table_1(steps, tflops):
+    result = schedule_flops(PRESETS["wan2.1-t2v-1.3b"], LATENT, steps, CAUSAL)
+    assert result["total_tflops"] == pytest.approx(tflops, rel=5e-3)
+
+
+def test_cfg_doubles_and_per_stage_sums():
+    spec = PRESETS["wan2.1-t2v-14b"]
+    one = schedule_flops(spec, LATENT, (20, 20, 10), CAUSAL)
+    two = schedule_flops(spec, LATENT, (20, 20, 10), CAUSAL, cfg=True)
+    assert two["total_tflops"] == pytest.approx(2 * one["total_tflops"])
+    assert one["total_tflops"] == pytest.approx(sum(s["tflops"] for s in one["per_stage"]))
+
+
+@pytest.mark.parametrize("shape,text_len", [((1, 4, 3, 8, 8), 7), ((1, 4, 5, 4, 12), 3)])
+def test_matches_torch_flop_counter_on_a_wan_transformer(shape, text_len):
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()
+    x = torch.randn(shape)
+    text = torch.randn(1, text_len, 16)
+    # The math backend spells attention as matmuls, which the counter sees.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, torch.tensor([500]), text)
+    spec = TransformerSpec.from_config(dict(model.config), text_len=text_len)
+    n_tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
+    assert forward_flops(spec, n_tokens) == counter.get_total_flops()
+
+
+def test_bad_input():
+    with pytest.raises(PyramidflowError, match=r"1 \+ k\*4"):
+        WAN_VAE.latent_shape(80, 448, 832)
+    with pytest.raises(PyramidflowError, match="multiple of"):
+        schedule_flops(PRESETS["wan2.1-t2v-1.3b"], (21, 58, 104), (1, 1, 1), CAUSAL)
+    with pytest.raises(PyramidflowError, match="not divisible by the patch size"):
+        schedule_flops(PRESETS["wan2.1-t2v-1.3b"], (21, 60, 104), (1, 1, 1), CAUSAL)
+    with pytest.raises(PyramidflowError, match="lacks the key"):
+        TransformerSpec.from_config({"num_layers": 2})
