@@ -19,7 +19,6 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
@@ -31,7 +30,13 @@ test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: setup
-	$(VENV)/bin/pyramidflow demo
+	@if $(VENV)/bin/pyramidflow demo --help >/dev/null 2>&1; then \
+		$(VENV)/bin/pyramidflow demo; \
+	else \
+		mkdir -p outputs && \
+		$(VENV)/bin/pyramidflow schedule --stages 3 --steps 20,20,20 --plot outputs/schedule.png && \
+		$(VENV)/bin/pyramidflow flops --preset wan2.1-t2v-1.3b --frames 81 --height 448 --width 832 --steps 20-20-10; \
+	fi
 
 bench: setup
 	$(PY) bench/bench_renoise.py

@@ -147,3 +147,13 @@ def test_bad_shapes_name_valid_values():
         HaarTransform(causal_first_frame=True)
     with pytest.raises(PyramidflowError, match=r"\(B, C, T, H, W\)"):
         HaarTransform().down(torch.zeros(4, 8, 8))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lift_without_noise_is_up_and_its_noise_is_detail(kind, generator):
+    t, shape = KINDS[kind]
+    y = torch.randn(t.shape_at(shape, 1), dtype=torch.float64)
+    scales = [(0.7, 0.0)] * len(t.groups)
+    torch.testing.assert_close(t.lift(y, scales, generator), 0.7 * t.up(y), rtol=0, atol=1e-14)
+    noise = t.lift(torch.zeros_like(y), [(1.0, 1.0)] * len(t.groups), generator)
+    assert t.down(noise).abs().max() < 1e-14 and noise.std() > 0.5

@@ -53,26 +53,22 @@ def jump(x: Tensor, sigma: float, sigma_target: float, transform: HaarTransform,
     Each token group jumps with its own gain; a group that lands below ``sigma_target`` is
     forward-noised to it. Landing above it cannot be undone, so that is an error.
     """
-    fine = transform.up(x)  # (B, C, T', 2H, 2W)
-    detail = transform.project_detail(
-        torch.randn(fine.shape, generator=generator, device=fine.device, dtype=fine.dtype)
-    )
-    out = []
-    for group, up_part, det_part in zip(
-        transform.groups, transform.split_groups(fine), transform.split_groups(detail), strict=True
-    ):
-        c = group.gain
-        landed = jump_sigma(sigma, c)
-        if landed > sigma_target + _TOL:
+    landed = [jump_sigma(sigma, c) for c in transform.group_gains]
+    for c, s in zip(transform.group_gains, landed, strict=True):
+        if s > sigma_target + _TOL:
             raise PyramidflowError(
-                f"a jump with gain {c:.4f} from sigma {sigma:.6f} lands at {landed:.6f}, above the next "
+                f"a jump with gain {c:.4f} from sigma {sigma:.6f} lands at {s:.6f}, above the next "
                 f"stage's start {sigma_target:.6f}; the schedule's gain must be >= every group's gain"
             )
-        part = jump_alpha(sigma, c) * up_part + landed * det_part
-        if landed < sigma_target - _TOL and part.shape[2] > 0:
-            part = forward_noise(part, landed, sigma_target, generator)
-        out.append(part)
-    return transform.merge_groups(out)
+    scales = [(jump_alpha(sigma, c), s) for c, s in zip(transform.group_gains, landed, strict=True)]
+    fine = transform.lift(x, scales, generator)  # (B, C, T', 2H, 2W), group g at level landed[g]
+    if all(s >= sigma_target - _TOL for s in landed):
+        return fine
+    parts = [
+        forward_noise(part, s, sigma_target, generator) if s < sigma_target - _TOL and part.shape[2] else part
+        for part, s in zip(transform.split_groups(fine), landed, strict=True)
+    ]
+    return transform.merge_groups(parts)
 
 
 def renoise(

@@ -232,6 +232,26 @@ class HaarTransform:
             parts.append(self._unblocks(blocks, group.temporal_factor))
         return self._merge(parts)
 
+    def lift(self, y: Tensor, scales: list[tuple[float, float]], generator=None) -> Tensor:
+        """Per group g: a_g up(y_g) + s_g P_detail(eps), fused in one pass (MATH.md section 5).
+
+        ``scales`` holds (a_g, s_g) per token group. The noise is drawn directly in block layout
+        (B, C, T', H', W', m) and its block mean removed, which is P_detail of white noise.
+        """
+        if len(scales) != len(self.groups):
+            raise PyramidflowError(f"expected {len(self.groups)} (scale, noise) pairs, got {len(scales)}")
+        parts = []
+        for group, part, (a, s) in zip(self.groups, self._split_fine(y), scales, strict=True):
+            m, tf = group.children, group.temporal_factor
+            if part.shape[2] == 0:
+                b, c, _, h, w = part.shape
+                parts.append(part.new_empty(b, c, 0, 2 * h, 2 * w))
+                continue
+            eps = torch.randn((*part.shape, m), generator=generator, device=part.device, dtype=part.dtype)
+            eps = eps - eps.mean(dim=-1, keepdim=True)
+            parts.append(self._unblocks(torch.addcmul(a * part.unsqueeze(-1), eps, eps.new_tensor(s)), tf))
+        return self._merge(parts)
+
     def split_groups(self, x: Tensor) -> list[Tensor]:
         """The per-group frame runs of ``x`` (at any level), in order; see ``merge_groups``."""
         return self._split_fine(x)
