@@ -68,6 +68,7 @@ class GaussianPyramid:
         return mean, cov
 
     def _jump_law(self, stage, mean, cov):
+        """Per token group g: x'' = k_g (a_g U x + s_g P_detail eps) + std_g eps2 (top-up)."""
         from pyramidflow.pyramid.schedule import jump_alpha, jump_sigma
 
         sigma = self.s.windows[stage][1]
@@ -75,9 +76,18 @@ class GaussianPyramid:
         u = self.up[stage + 1]
         n_hi = u.shape[0]
         detail = torch.eye(n_hi, dtype=torch.float64) - u @ torch.linalg.pinv(u)  # P_detail
-        gains = self.t.group_gains
-        if len(gains) == 1:
-            a, s1 = jump_alpha(sigma, gains[0]), jump_sigma(sigma, gains[0])
-            assert abs(s1 - target) < 1e-12  # one group: the jump lands on the next start
-            return (a * a) * u @ cov @ u.T + s1**2 * detail, a * (u @ mean)
-        raise NotImplementedError("the helper covers single-group transforms")
+        # Which fine element belongs to which token group.
+        fine = self.t.shape_at(self.shape, self.s.levels(stage + 1))
+        ids = torch.arange(n_hi, dtype=torch.float64).reshape(fine)
+        row_scale_x = torch.empty(n_hi, dtype=torch.float64)
+        row_scale_n = torch.empty(n_hi, dtype=torch.float64)
+        extra_var = torch.empty(n_hi, dtype=torch.float64)
+        for gain, part in zip(self.t.group_gains, self.t.split_groups(ids), strict=True):
+            rows = part.flatten().long()
+            a, s1 = jump_alpha(sigma, gain), jump_sigma(sigma, gain)
+            k = (1 - target) / (1 - s1)  # forward-noise scale, 1 when the group lands on target
+            row_scale_x[rows], row_scale_n[rows] = k * a, k * s1
+            extra_var[rows] = target**2 - (k * s1) ** 2
+        lift = row_scale_x[:, None] * u
+        noise = row_scale_n[:, None] * detail * row_scale_n[None, :] + torch.diag(extra_var)
+        return lift @ cov @ lift.T + noise, lift @ mean
