@@ -1,0 +1,152 @@
+"""Causal 3D building blocks with a streaming feature cache.
+
+Time is causal: an output frame depends only on input frames at or before it, so a video can be
+processed chunk by chunk with a small cache of past frames and give exactly the same result as one
+pass over the whole clip (MAGVIT-v2 style, as used by Pyramid Flow's causal video VAE, paper Sec. 4).
+Tensors are (B, C, T, H, W).
+
+Streaming: ``set_streaming(module, True)`` switches every block below ``module`` to keep its cache
+between calls; ``reset_streams(module)`` forgets the past (start of a new clip).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+class Streamable(nn.Module):
+    """A block that can keep state between consecutive temporal chunks of one clip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaming = False
+
+    def reset_stream(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+def set_streaming(module: nn.Module, enabled: bool) -> None:
+    """Turn chunk-by-chunk mode on or off for every streamable block; always starts a fresh clip."""
+    for sub in module.modules():
+        if isinstance(sub, Streamable):
+            sub.streaming = enabled
+            sub.reset_stream()
+
+
+def reset_streams(module: nn.Module) -> None:
+    for sub in module.modules():
+        if isinstance(sub, Streamable):
+            sub.reset_stream()
+
+
+def _triple(value: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    return (value, value, value) if isinstance(value, int) else tuple(value)
+
+
+class CausalConv3d(Streamable):
+    """3D convolution, causal in time (first frame replicated as past padding), 'same' in space.
+
+    With temporal stride s and kernel k, input frames 1 + s*m give 1 + m outputs and output j sees
+    input frames s*j - (k - 1) .. s*j: frame 0 is encoded on its own.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple = 3, stride: int | tuple = 1) -> None:
+        super().__init__()
+        kt, kh, kw = _triple(kernel)
+        self.kt, self.st = kt, _triple(stride)[0]
+        self.conv = nn.Conv3d(in_ch, out_ch, (kt, kh, kw), stride=_triple(stride), padding=(0, kh // 2, kw // 2))
+        self.cache: torch.Tensor | None = None
+
+    def reset_stream(self) -> None:
+        self.cache = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        if self.streaming and self.cache is not None:
+            x = torch.cat([self.cache, x], dim=2)
+        elif self.kt > 1:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1), x], dim=2)
+        n = x.shape[2]
+        if n < self.kt:
+            raise ValueError(
+                f"causal conv got {n} frames (with cache) for a temporal kernel of {self.kt}; "
+                "chunks must hold a whole number of temporal compression groups"
+            )
+        if self.streaming:
+            used = ((n - self.kt) // self.st + 1) * self.st  # frames no later output needs again
+            self.cache = x[:, :, used:]
+        return self.conv(x)
+
+
+class CausalGroupNorm(nn.GroupNorm):
+    """GroupNorm over (C/g, H, W) of each frame separately, so it never mixes time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        y = super().forward(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", b=b)
+
+
+def _groups(channels: int, groups: int) -> int:
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class CausalResBlock(nn.Module):
+    """Norm-SiLU-conv twice with a residual connection (1x1x1 projection when widths differ)."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = CausalGroupNorm(_groups(in_ch, groups), in_ch, eps=1e-6)
+        self.conv1 = CausalConv3d(in_ch, out_ch, 3)
+        self.norm2 = CausalGroupNorm(_groups(out_ch, groups), out_ch, eps=1e-6)
+        self.conv2 = CausalConv3d(out_ch, out_ch, 3)
+        self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        h = self.conv2(self.act(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class CausalDownsample(nn.Module):
+    """Strided causal conv: x2 in time (1 + 2m -> 1 + m frames) and/or x2 in space."""
+
+    def __init__(self, channels: int, temporal: bool, spatial: bool) -> None:
+        super().__init__()
+        stride = (2 if temporal else 1, 2 if spatial else 1, 2 if spatial else 1)
+        self.conv = CausalConv3d(channels, channels, 3, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class CausalUpsample(Streamable):
+    """Conv to C*ft*fs*fs channels, then depth-to-space/time; 1 + m -> 1 + 2m frames in time.
+
+    Latent frame 0 expands to two frames of which the first is dropped (the first frame stands on
+    its own), so in streaming mode only the very first chunk of a clip drops a frame.
+    """
+
+    def __init__(self, channels: int, temporal: bool, spatial: bool) -> None:
+        super().__init__()
+        self.ft, self.fs = (2 if temporal else 1), (2 if spatial else 1)
+        self.conv = CausalConv3d(channels, channels * self.ft * self.fs * self.fs, 3)
+        self.started = False
+
+    def reset_stream(self) -> None:
+        self.started = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = rearrange(
+            self.conv(x), "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)", ft=self.ft, fh=self.fs, fw=self.fs
+        )
+        if self.ft == 2 and not (self.streaming and self.started):
+            y = y[:, :, 1:]
+        if self.streaming:
+            self.started = True
+        return y

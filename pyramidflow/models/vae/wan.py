@@ -1,0 +1,59 @@
+"""The shared VAE interface over diffusers' ``AutoencoderKLWan`` (Wan 2.1 VAE), loaded from disk.
+
+Wan encodes 1 + 4k frames into 1 + k latents with 8x spatial compression and 16 channels; its config
+carries per-channel ``latents_mean`` / ``latents_std`` and the latents the DiT sees are
+(z - mean) / std (the Wan pipeline decodes with z * std + mean). Compression factors are read from the
+architecture (``temperal_downsample``, the number of levels, ``patch_size``), not from the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.vae.interface import VideoAutoencoder
+
+
+class WanVAE(nn.Module, VideoAutoencoder):
+    """Adapter: ``WanVAE.from_pretrained(dir)`` where ``dir`` holds an ``AutoencoderKLWan``."""
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+        cfg = vae.config
+        self.latent_channels = int(cfg.z_dim)
+        self.temporal_compression = 2 ** sum(bool(t) for t in cfg.temperal_downsample)
+        self.spatial_compression = 2 ** len(cfg.temperal_downsample) * int(cfg.patch_size or 1)
+        if cfg.latents_mean is None or cfg.latents_std is None:
+            raise PyramidflowError("this AutoencoderKLWan config has no latents_mean/latents_std")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype | None = None) -> WanVAE:
+        from diffusers import AutoencoderKLWan
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no AutoencoderKLWan config.json in {path}")
+        kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        return cls(AutoencoderKLWan.from_pretrained(path, **kwargs)).eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.vae.config
+        return torch.tensor(cfg.latents_mean, dtype=torch.float64), torch.tensor(cfg.latents_std, dtype=torch.float64)
+
+    def encode_moments(self, video, chunk_latents=None):
+        # diffusers already encodes frame 0 then groups of 4 with its own causal cache.
+        dist = self.vae.encode(video.to(self.vae.dtype)).latent_dist
+        return dist.mean, dist.logvar
+
+    def decode_raw(self, z, chunk_latents=None):
+        # diffusers decodes one latent frame at a time with a causal feature cache, so memory is
+        # already independent of the clip length; ``chunk_latents`` needs no extra work here.
+        return self.vae.decode(z.to(self.vae.dtype)).sample
