@@ -122,7 +122,9 @@ def test_tiled_decode_close_to_whole():
     whole = vae.decode(z)
     torch.testing.assert_close(vae.decode(z, tile_latent=16), whole, rtol=0, atol=1e-12)
     errs = [
-        ((vae.decode(z, tile_latent=10, tile_overlap=ov, chunk_latents=1) - whole).norm() / whole.norm()).item()
+        (
+            (vae.decode(z, tile_latent=10, tile_overlap=ov, chunk_latents=1) - whole).norm() / whole.norm()
+        ).item()
         for ov in (2, 6)
     ]
     # random weights with per-frame GroupNorm: the seams are approximate, more overlap helps

@@ -56,7 +56,9 @@ class CausalConv3d(Streamable):
         super().__init__()
         kt, kh, kw = _triple(kernel)
         self.kt, self.st = kt, _triple(stride)[0]
-        self.conv = nn.Conv3d(in_ch, out_ch, (kt, kh, kw), stride=_triple(stride), padding=(0, kh // 2, kw // 2))
+        self.conv = nn.Conv3d(
+            in_ch, out_ch, (kt, kh, kw), stride=_triple(stride), padding=(0, kh // 2, kw // 2)
+        )
         self.cache: torch.Tensor | None = None
 
     def reset_stream(self) -> None:
@@ -143,7 +145,11 @@ class CausalUpsample(Streamable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = rearrange(
-            self.conv(x), "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)", ft=self.ft, fh=self.fs, fw=self.fs
+            self.conv(x),
+            "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)",
+            ft=self.ft,
+            fh=self.fs,
+            fw=self.fs,
         )
         if self.ft == 2 and not (self.streaming and self.started):
             y = y[:, :, 1:]

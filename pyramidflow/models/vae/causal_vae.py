@@ -109,7 +109,9 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
         self.spatial_compression = 2 ** sum(bool(s) for s in spatial_down)
         args = (list(block_out_channels), list(spatial_down), list(temporal_down))
         self.encoder = CausalEncoder(in_channels, 2 * latent_channels, *args, layers_per_block, norm_groups)
-        self.decoder = CausalDecoder(latent_channels, in_channels, *args, decoder_layers_per_block, norm_groups)
+        self.decoder = CausalDecoder(
+            latent_channels, in_channels, *args, decoder_layers_per_block, norm_groups
+        )
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.latent_channels

@@ -88,7 +88,9 @@ class VideoAutoencoder:
 
     def _check_video(self, video: torch.Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != 3:
-            raise PyramidflowError(f"video must be (B, 3, F, H, W) in [-1, 1], got shape {tuple(video.shape)}")
+            raise PyramidflowError(
+                f"video must be (B, 3, F, H, W) in [-1, 1], got shape {tuple(video.shape)}"
+            )
         self.check_frames(video.shape[2])
         self.check_size(video.shape[3], video.shape[4])
 

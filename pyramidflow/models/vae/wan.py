@@ -46,7 +46,9 @@ class WanVAE(nn.Module, VideoAutoencoder):
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
-        return torch.tensor(cfg.latents_mean, dtype=torch.float64), torch.tensor(cfg.latents_std, dtype=torch.float64)
+        return torch.tensor(cfg.latents_mean, dtype=torch.float64), torch.tensor(
+            cfg.latents_std, dtype=torch.float64
+        )
 
     def encode_moments(self, video, chunk_latents=None):
         # diffusers already encodes frame 0 then groups of 4 with its own causal cache.
