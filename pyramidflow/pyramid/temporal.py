@@ -1,0 +1,106 @@
+"""The temporal pyramid of autoregressive generation (MATH.md section 7, Pyramid Flow section 3.3).
+
+Video is generated one unit (a few latent frames) at a time. While stage i of the current unit is
+denoised, the history is compressed: the most recent unit at stage i's level, the one before one
+level lower, and so on, older units at the lowest level:
+
+    level(d) = min(L_i + d - 1, K - 1)     for the unit d steps back (d = 1 is the most recent).
+
+Positions: the current unit sits on the integer grid of its own stage (extrapolated); a history
+unit at a lower level is placed on that grid at fractional positions, the centres of its blocks
+(interpolated). History is corrupted with noise of level U(0, corrupt_max) in training and kept
+clean at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pyramidflow.errors import PyramidflowError
+
+
+def history_levels(num_history: int, stage: int, num_stages: int) -> list[int]:
+    """Levels below full resolution of the history units, oldest first (length ``num_history``)."""
+    if num_history < 0:
+        raise PyramidflowError(f"num_history must be >= 0, got {num_history}")
+    if not 0 <= stage < num_stages:
+        raise PyramidflowError(f"stage {stage} is out of range: valid stages are 0..{num_stages - 1}")
+    current = num_stages - 1 - stage
+    return [min(current + d - 1, num_stages - 1) for d in range(num_history, 0, -1)]
+
+
+def block_centres(size: int, level_offset: int) -> Tensor:
+    """Positions, on a grid ``2**level_offset`` times finer, of the centres of ``size`` cells.
+
+    Cell j covers fine cells [j*f, (j+1)*f), so its centre is (j + 0.5) f - 0.5; with
+    ``level_offset = 0`` this is the integer grid 0..size-1. (size,) float64.
+    """
+    if level_offset < 0:
+        raise PyramidflowError(f"level_offset must be >= 0, got {level_offset}")
+    f = float(2**level_offset)
+    return (torch.arange(size, dtype=torch.float64) + 0.5) * f - 0.5
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of the token sequence: a unit at some level, placed on the current grid."""
+
+    unit: int  # unit index in the video (0 = first unit); attention is causal over units
+    level: int  # levels below full resolution
+    is_history: bool
+
+
+def unit_segments(unit: int, stage: int, num_stages: int) -> list[Segment]:
+    """History units 0..unit-1 (compressed) then the current unit at stage ``stage``."""
+    levels = history_levels(unit, stage, num_stages)
+    segs = [Segment(u, lv, True) for u, lv in enumerate(levels)]
+    segs.append(Segment(unit, num_stages - 1 - stage, False))
+    return segs
+
+
+def corrupt_history(history: Tensor, corrupt_max: float = 1 / 3, generator=None) -> tuple[Tensor, Tensor]:
+    """Training-time corruption x -> (1 - s) x + s eps with s ~ U(0, corrupt_max) per example.
+
+    history: (B, ...). Returns (corrupted, s (B,)). One s per example, shared by all its units.
+    """
+    if not 0.0 <= corrupt_max <= 1.0:
+        raise PyramidflowError(f"corrupt_max must lie in [0, 1], got {corrupt_max}")
+    b = history.shape[0]
+    s = corrupt_max * torch.rand(b, generator=generator, device=history.device, dtype=torch.float64)
+    shape = (b,) + (1,) * (history.dim() - 1)
+    sv = s.to(history.dtype).view(shape)
+    eps = torch.randn(history.shape, generator=generator, device=history.device, dtype=history.dtype)
+    return (1 - sv) * history + sv * eps, s
+
+
+def tokens_per_level(latent_hw: Sequence[int], patch_hw: Sequence[int], frames_per_unit: int,
+                     num_stages: int) -> list[int]:
+    """Tokens of one unit at each level 0..K-1 (spatial pyramid; time is not compressed here)."""
+    h, w = (int(v) for v in latent_hw)
+    ph, pw = (int(v) for v in patch_hw)
+    out = []
+    for level in range(num_stages):
+        f = 2**level
+        if h % (f * ph) or w % (f * pw):
+            raise PyramidflowError(
+                f"latent {h}x{w} cannot be halved {level} times and patchified by {ph}x{pw}: "
+                f"height and width must be multiples of {f * ph} and {f * pw}"
+            )
+        out.append(frames_per_unit * (h // f // ph) * (w // f // pw))
+    return out
+
+
+def sequence_tokens(unit: int, stage: int, per_level: Sequence[int]) -> int:
+    """Video tokens attended to while denoising ``unit`` at ``stage`` (history + current)."""
+    k = len(per_level)
+    return sum(per_level[s.level] for s in unit_segments(unit, stage, k))
+
+
+def max_training_tokens(num_units: int, per_level: Sequence[int]) -> int:
+    """The largest sequence of any (unit, stage) training sample of a ``num_units`` video."""
+    k = len(per_level)
+    return max(sequence_tokens(u, s, per_level) for u in range(num_units) for s in range(k))

@@ -1,0 +1,67 @@
+"""Temporal pyramid: history levels, positions, corruption and token counts (MATH.md 7-8)."""
+
+import pytest
+import torch
+from stats import assert_mean
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.pyramid import HaarTransform
+from pyramidflow.pyramid.temporal import (
+    block_centres,
+    corrupt_history,
+    history_levels,
+    max_training_tokens,
+    sequence_tokens,
+    tokens_per_level,
+    unit_segments,
+)
+
+
+def test_history_levels_follow_the_reference_layout():
+    # Final stage of unit 5 (K = 3): [older at 1/4, t-2 at 1/2, t-1 at full].
+    assert history_levels(5, stage=2, num_stages=3) == [2, 2, 2, 1, 0]
+    # Stage 0: everything at the lowest level; stage 1: t-1 at 1/2, the rest at 1/4.
+    assert history_levels(4, stage=0, num_stages=3) == [2, 2, 2, 2]
+    assert history_levels(4, stage=1, num_stages=3) == [2, 2, 2, 1]
+    assert history_levels(0, stage=2, num_stages=3) == []
+    segs = unit_segments(2, stage=2, num_stages=3)
+    assert [(s.unit, s.level, s.is_history) for s in segs] == [(0, 1, True), (1, 0, True), (2, 0, False)]
+    with pytest.raises(PyramidflowError, match=r"valid stages are 0\.\.2"):
+        history_levels(3, stage=3, num_stages=3)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2])
+def test_block_centres_are_the_mean_of_fine_positions(offset):
+    fine = torch.arange(16, dtype=torch.float64).view(1, 1, 1, 1, 16).expand(1, 1, 1, 2**offset, 16)
+    # Averaging fine positions over a block (the pyramid's down) gives the block's centre.
+    pos = HaarTransform().down(fine.contiguous(), offset)[0, 0, 0, 0] if offset else fine[0, 0, 0, 0]
+    torch.testing.assert_close(pos, block_centres(16 // 2**offset, offset), rtol=0, atol=1e-12)
+    assert block_centres(4, 0).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_pyramid_flow_token_claim_at_241_frames():
+    # 768p: 96x160 latents, 2x2 patches, one latent frame per unit; 241 frames -> 31 latent frames.
+    per_level = tokens_per_level((96, 160), (2, 2), frames_per_unit=1, num_stages=3)
+    assert per_level == [3840, 960, 240]
+    assert max_training_tokens(31, per_level) == 15360  # the paper: at most 15,360 tokens
+    assert 31 * per_level[0] == 119040  # full-sequence diffusion
+    assert sequence_tokens(0, 0, per_level) == 240
+
+
+def test_corruption_levels_and_distribution(generator):
+    h = torch.randn(1, 4, 2, 2, 2, dtype=torch.float64)
+    n = 20000
+    out, s = corrupt_history(h.expand(n, -1, -1, -1, -1), 1 / 3, generator)
+    assert s.min() >= 0 and s.max() <= 1 / 3
+    se = (1 / 3) / 12**0.5 / n**0.5  # standard error of the mean of U(0, 1/3)
+    assert abs(float(s.mean()) - 1 / 6) < 6 * se
+    # Given s, the residual (out - (1 - s) h) / s is white noise.
+    resid = (out - (1 - s.view(-1, 1, 1, 1, 1)) * h) / s.view(-1, 1, 1, 1, 1)
+    assert_mean(resid, torch.zeros_like(resid[0]), 1.0)
+    with pytest.raises(PyramidflowError, match="corrupt_max"):
+        corrupt_history(h, 1.5)
+
+
+def test_token_errors():
+    with pytest.raises(PyramidflowError, match="multiples of 8"):
+        tokens_per_level((12, 16), (2, 2), 1, 3)
