@@ -1,0 +1,126 @@
+"""VAE trainer: losses, a short run, bit-exact resume, non-finite stop, GAN and perceptual paths."""
+
+import json
+
+import pytest
+import torch
+
+from pyramidflow.models.vae import load_vae
+from pyramidflow.training import vae_trainer
+from pyramidflow.training.checkpoint import list_checkpoints
+from pyramidflow.training.vae_config import VAEModelConfig, VAETrainConfig
+from pyramidflow.training.vae_losses import kl_divergence, psnr, ssim
+
+
+class Squares(torch.utils.data.Dataset):
+    """Tiny moving squares, (T, 3, H, W) in [0, 1]; deterministic per index."""
+
+    def __init__(self, n, frames=5, size=16, offset=0):
+        self.n, self.frames, self.size, self.offset = n, frames, size, offset
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i + self.offset)
+        clip = torch.zeros(self.frames, 3, self.size, self.size)
+        color = torch.rand(3, generator=g)
+        y, x = torch.randint(0, self.size - 6, (2,), generator=g).tolist()
+        for t in range(self.frames):
+            clip[t, :, y : y + 5, x + t // 2 : x + t // 2 + 5] = color.view(3, 1, 1)
+        return clip
+
+
+def tiny_cfg(tmp_path, **kw):
+    cfg = VAETrainConfig(
+        model=VAEModelConfig(
+            latent_channels=4,
+            block_out_channels=(8, 8),
+            spatial_down=(True, False),
+            temporal_down=(True, False),
+            norm_groups=4,
+        ),
+        output_dir=str(tmp_path),
+        batch_size=2,
+        max_steps=4,
+        warmup_steps=1,
+        log_every=1,
+        val_every=2,
+        checkpoint_every=2,
+        keep_last=3,
+    )
+    for key, value in kw.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def test_metrics_and_losses():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 3, 16, 16, generator=g)
+    assert torch.allclose(ssim(a, a), torch.ones(2))
+    noisy = (a + 0.05 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    noisier = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert (ssim(a, noisy) > ssim(a, noisier)).all()
+    torch.testing.assert_close(ssim(a, noisy), ssim(noisy, a))
+    torch.testing.assert_close(psnr(a, a + 0.1), torch.full((2,), 20.0), rtol=1e-4, atol=1e-4)
+    assert kl_divergence(torch.zeros(4), torch.zeros(4)).item() == 0.0
+    # KL(N(1, e) || N(0, 1)) = 0.5 * (1 + e - 1 - 1) per element
+    torch.testing.assert_close(kl_divergence(torch.ones(3), torch.ones(3)), torch.tensor(0.5 * (torch.e - 1)))
+
+
+def test_short_run_resume_is_bit_identical(tmp_path):
+    train, val = Squares(8), Squares(2, offset=100)
+    full = vae_trainer.train_vae(tiny_cfg(tmp_path / "a"), train, val, show_progress=False)
+    assert full["step"] == 4 and 0 < full["val_psnr"] < 100
+    vae_trainer.train_vae(tiny_cfg(tmp_path / "b"), train, val, show_progress=False, stop_at=2)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2]
+    resumed = vae_trainer.train_vae(
+        tiny_cfg(tmp_path / "b"), train, val, resume="latest", show_progress=False
+    )
+    assert resumed["val_psnr"] == full["val_psnr"]
+    a, b = load_vae(tmp_path / "a" / "vae"), load_vae(tmp_path / "b" / "vae")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert a.config.latents_std == b.config.latents_std and len(a.config.latents_std) == 4
+    lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "l1", "ssim", "kl", "lr"} <= set(lines[0]) and any("val/psnr" in x for x in lines)
+    assert any((tmp_path / "a" / "logs").iterdir())
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    train = Squares(8)
+    cfg = tiny_cfg(tmp_path, max_steps=2)
+    vae_trainer.train_vae(cfg, train, None, show_progress=False)
+    real_kl = vae_trainer.kl_divergence
+    monkeypatch.setattr(vae_trainer, "kl_divergence", lambda m, lv: real_kl(m, lv) * float("nan"))
+    with pytest.raises(vae_trainer.NonFiniteLossError, match="last good checkpoint"):
+        vae_trainer.train_vae(
+            tiny_cfg(tmp_path, max_steps=4), train, None, resume="latest", show_progress=False
+        )
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+
+
+def test_discriminator_and_perceptual_paths(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    vit_dir = tmp_path / "vit"
+    ViTModel(
+        ViTConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+        )
+    ).save_pretrained(vit_dir)
+    cfg = tiny_cfg(tmp_path / "run", max_steps=2)
+    cfg.loss.disc_weight, cfg.loss.disc_start = 0.1, 1
+    cfg.loss.perceptual_model, cfg.loss.perceptual_weight = str(vit_dir), 0.1
+    vae_trainer.train_vae(cfg, Squares(4), None, show_progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "gan" not in lines[0] and {"gan", "disc", "perceptual"} <= set(lines[1])
+    assert (tmp_path / "run" / "checkpoint-2" / "discriminator" / "config.json").is_file()
+    cfg.loss.perceptual_model = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        vae_trainer.train_vae(cfg, Squares(4), None, show_progress=False)
