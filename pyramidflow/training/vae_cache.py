@@ -1,0 +1,104 @@
+"""Fill a latent cache (:mod:`pyramidflow.data.latent_cache`) by encoding a dataset with a VAE.
+
+Each clip is encoded once with the posterior mean (deterministic) and stored already normalised
+(z - mean_c) / std_c, together with its caption and, when a text encoder is given, its text
+embedding. Work is split by shard, so several processes (``worker_id`` of ``num_workers``) can fill
+one cache, and a re-run skips complete shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from pyramidflow.data.latent_cache import (
+    shard_complete,
+    shard_ranges,
+    shards_for_worker,
+    write_index,
+    write_shard,
+)
+from pyramidflow.models.vae import VideoAutoencoder
+from pyramidflow.training.vae_data import as_clip
+
+# captions -> (embeddings (B, L, D), mask (B, L))
+TextEncodeFn = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def vae_header(vae: VideoAutoencoder, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a cache records about the VAE: class, compression and the normalisation applied."""
+    mean, std = vae.latent_stats()
+    return {
+        "vae_class": type(vae).__name__,
+        "latent_channels": vae.latent_channels,
+        "temporal_compression": vae.temporal_compression,
+        "spatial_compression": vae.spatial_compression,
+        "normalized": True,
+        "latents_mean": mean.tolist(),
+        "latents_std": std.tolist(),
+        **(extra or {}),
+    }
+
+
+def _item_meta(item: Any, index: int) -> tuple[str, str | None]:
+    if isinstance(item, dict):
+        caption = item.get("caption", item.get("text", ""))
+        source = item.get("path", item.get("video_path"))
+        return str(caption or ""), None if source is None else str(source)
+    return "", None
+
+
+@torch.no_grad()
+def build_latent_cache(
+    dataset,
+    vae: VideoAutoencoder,
+    out_dir: str | Path,
+    shard_size: int = 64,
+    worker_id: int = 0,
+    num_workers: int = 1,
+    text_encoder: TextEncodeFn | None = None,
+    batch_size: int = 1,
+    chunk_latents: int | None = None,
+    header_extra: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Encode this worker's shards of ``dataset``; returns ``{"written", "skipped", "index"}``."""
+    out_dir = Path(out_dir)
+    ranges = shard_ranges(len(dataset), shard_size)
+    header = vae_header(vae, {"text_embeddings": text_encoder is not None, **(header_extra or {})})
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    written, skipped = [], []
+    mine = shards_for_worker(len(ranges), worker_id, num_workers)
+    for shard in tqdm(mine, disable=not show_progress, desc=f"cache worker {worker_id}"):
+        if shard_complete(out_dir, shard, len(ranges)):
+            skipped.append(shard)
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        items: list[dict[str, Any]] = []
+        indices = list(ranges[shard])
+        for start in range(0, len(indices), batch_size):
+            batch_idx = indices[start : start + batch_size]
+            raw = [dataset[i] for i in batch_idx]
+            clips = [as_clip(r) for r in raw]
+            x = torch.stack([c.permute(1, 0, 2, 3) for c in clips]).to(device, dtype) * 2 - 1
+            z = vae.encode(x, chunk_latents=chunk_latents).float().cpu()  # (B, C, T, h, w)
+            metas = [_item_meta(r, i) for r, i in zip(raw, batch_idx, strict=True)]
+            text = text_encoder([m[0] for m in metas]) if text_encoder is not None else None
+            for j, i in enumerate(batch_idx):
+                tensors[f"latents.{i}"] = z[j]
+                item = {"key": i, "caption": metas[j][0], "source": metas[j][1], "frames": clips[j].shape[0]}
+                item.update(latent_shape=list(z[j].shape), height=clips[j].shape[2], width=clips[j].shape[3])
+                item["text_shape"] = None
+                if text is not None:
+                    tensors[f"text.{i}"] = text[0][j].float().cpu()
+                    tensors[f"text_mask.{i}"] = text[1][j].cpu()
+                    item["text_shape"] = list(text[0][j].shape)
+                items.append(item)
+        write_shard(out_dir, shard, len(ranges), tensors, items, header)
+        written.append(shard)
+    return {"written": written, "skipped": skipped, "index": write_index(out_dir, len(ranges))}

@@ -1,0 +1,96 @@
+"""Latent cache: shards, index, resume, multi-worker split, checksums, reading back."""
+
+import json
+
+import pytest
+import torch
+
+from pyramidflow.data import latent_cache as lc
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.vae import CausalVideoVAE
+from pyramidflow.training.vae_cache import build_latent_cache
+
+
+class Clips(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        frames = 5 if i % 2 else 9  # mixed lengths are fine: one tensor per clip
+        return {
+            "video": torch.rand(frames, 3, 8, 8, generator=g),
+            "caption": f"clip {i}",
+            "path": f"v{i}.mp4",
+        }
+
+
+def fake_text(captions):
+    emb = torch.stack([torch.full((3, 4), float(len(c))) for c in captions])
+    return emb, torch.ones(len(captions), 3, dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    model = CausalVideoVAE(
+        latent_channels=2,
+        block_out_channels=(4, 4),
+        spatial_down=(True, False),
+        temporal_down=(True, True),
+        layers_per_block=1,
+        decoder_layers_per_block=1,
+        norm_groups=2,
+    )
+    model.set_latent_stats([0.5, -0.5], [2.0, 0.25])
+    return model.eval()
+
+
+def test_two_workers_fill_one_cache_and_reading_matches_encode(tmp_path, vae):
+    data = Clips(5)
+    kw = dict(shard_size=2, num_workers=2, text_encoder=fake_text, show_progress=False)
+    first = build_latent_cache(data, vae, tmp_path, worker_id=0, **kw)
+    assert first["written"] == [0, 2] and not first["index"]["complete"]
+    with pytest.raises(PyramidflowError, match="2 of 3 shards"):
+        lc.LatentCacheDataset(tmp_path)
+    second = build_latent_cache(data, vae, tmp_path, worker_id=1, **kw)
+    assert second["written"] == [1] and second["index"]["complete"]
+    cache = lc.LatentCacheDataset(tmp_path, verify=True)
+    assert len(cache) == 5 and cache.header["latents_std"] == [2.0, 0.25]
+    by_source = {cache[k]["source"]: cache[k] for k in range(len(cache))}
+    for i in range(5):
+        item = by_source[f"v{i}.mp4"]
+        x = data[i]["video"].permute(1, 0, 2, 3)[None] * 2 - 1
+        torch.testing.assert_close(item["latents"], vae.encode(x)[0])
+        assert item["caption"] == f"clip {i}"
+        torch.testing.assert_close(item["text_embeds"], torch.full((3, 4), float(len(f"clip {i}"))))
+    assert cache[0]["latents"].shape == (2, 3, 4, 4) and cache[1]["latents"].shape == (2, 2, 4, 4)
+
+
+def test_resume_skips_complete_and_redoes_corrupt_shards(tmp_path, vae):
+    data = Clips(4)
+    build_latent_cache(data, vae, tmp_path, shard_size=2, show_progress=False)
+    shard = tmp_path / f"{lc.shard_stem(1, 2)}.safetensors"
+    before = shard.read_bytes()
+    shard.write_bytes(before[:-8] + b"garbage!")  # a damaged file no longer matches its checksum
+    with pytest.raises(PyramidflowError, match="checksum mismatch"):
+        lc.LatentCacheDataset(tmp_path, verify=True)
+    again = build_latent_cache(data, vae, tmp_path, shard_size=2, show_progress=False)
+    assert again["skipped"] == [0] and again["written"] == [1]
+    assert shard.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp*"))
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["complete"] and index["header"]["text_embeddings"] is False
+    assert "text_embeds" not in lc.LatentCacheDataset(tmp_path)[0]
+
+
+def test_worker_split_and_errors(tmp_path):
+    assert lc.shards_for_worker(7, 1, 3) == [1, 4]
+    assert [list(r) for r in lc.shard_ranges(5, 2)] == [[0, 1], [2, 3], [4]]
+    with pytest.raises(PyramidflowError, match="worker id"):
+        lc.shards_for_worker(4, 2, 2)
+    with pytest.raises(FileNotFoundError, match="cache-latents"):
+        lc.LatentCacheDataset(tmp_path)
