@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pyramidflow.pyramid import HaarTransform, PyramidSchedule, training_sample
+from pyramidflow.pyramid import HaarTransform, PyramidSchedule, TrainingSample, training_sample
 
 
 @dataclass
@@ -27,6 +27,7 @@ class LossOutput:
     stage: Tensor  # (B,) long
     sigma: Tensor  # (B,)
     per_stage: dict[int, float] = field(default_factory=dict)  # mean loss of each stage present
+    total: Tensor | None = None  # scalar, differentiable: the sum over examples
 
 
 def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, timestep_scale: float = 1000.0) -> Tensor:
@@ -36,13 +37,38 @@ def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, timestep_scale: fl
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def per_example_sample(
+    x0: Tensor, schedule: PyramidSchedule, transform: HaarTransform, generators: Sequence[torch.Generator],
+    **kwargs,
+) -> TrainingSample:
+    """``training_sample`` with one generator per example (stages drawn per example).
+
+    The draws of example i depend only on ``generators[i]``, so a batch split across processes
+    or accumulation steps sees exactly the draws of the whole batch in one process.
+    """
+    if len(generators) != x0.shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {x0.shape[0]}")
+    pyramid = kwargs.pop("clean_pyramid", None)
+    parts = []
+    for i, gen in enumerate(generators):
+        extra = {"clean_pyramid": [p[i : i + 1] for p in pyramid]} if pyramid is not None else {}
+        parts.append(training_sample(x0[i : i + 1], schedule, transform, generator=gen, **kwargs, **extra))
+    return TrainingSample(
+        x_t=[p.x_t[0] for p in parts],
+        sigma=torch.cat([p.sigma for p in parts]),
+        target=[p.target[0] for p in parts],
+        stage=torch.cat([p.stage for p in parts]),
+        r=torch.cat([p.r for p in parts]),
+    )
+
+
 def pyramid_flow_loss(
     model,
     x0: Tensor,
     text: Tensor,
     schedule: PyramidSchedule,
     transform: HaarTransform,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     *,
     stage: int | None = None,
     stage_weights: Sequence[float] | None = None,
@@ -55,12 +81,16 @@ def pyramid_flow_loss(
     """Loss on a full-resolution batch ``x0`` (B, C, T, H, W) with text embeddings ``text`` (B, L, D).
 
     Examples of one stage share a resolution and go through the model together (one call per
-    stage present), so mixed-stage batches need no padding.
+    stage present), so mixed-stage batches need no padding. ``generator`` may be a list with one
+    generator per example (see ``per_example_sample``). The returned ``loss`` is the mean over
+    the batch; ``per_example.sum()`` serves callers that normalise by a larger (global) batch.
     """
-    ts = training_sample(
-        x0, schedule, transform, stage=stage, generator=generator, stage_weights=stage_weights,
-        density=density, logit_mean=logit_mean, logit_std=logit_std, clean_pyramid=clean_pyramid,
-    )
+    kwargs = dict(stage=stage, stage_weights=stage_weights, density=density, logit_mean=logit_mean,
+                  logit_std=logit_std, clean_pyramid=clean_pyramid)
+    if isinstance(generator, (list, tuple)):
+        ts = per_example_sample(x0, schedule, transform, generator, **kwargs)
+    else:
+        ts = training_sample(x0, schedule, transform, generator=generator, **kwargs)
     per_example = x0.new_zeros(x0.shape[0], dtype=torch.float32)
     total = x0.new_zeros((), dtype=torch.float32)
     per_stage: dict[int, float] = {}
@@ -70,4 +100,4 @@ def pyramid_flow_loss(
         total = total + err.sum()
         per_example = per_example.index_copy(0, idx, err.detach())
         per_stage[s] = float(err.detach().mean())
-    return LossOutput(total / x0.shape[0], per_example, ts.stage, ts.sigma, per_stage)
+    return LossOutput(total / x0.shape[0], per_example, ts.stage, ts.sigma, per_stage, total)

@@ -1,0 +1,110 @@
+"""Trainer: exact resume, process/accumulation invariance, divergence stop, checkpoints, LR."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_components import HashTextEncoder, TinyVideos, tiny_wan
+
+from pyramidflow.training.trainer import (
+    LoopConfig,
+    OptimConfig,
+    Trainer,
+    TrainerConfig,
+    TrainingDiverged,
+    lr_lambda,
+)
+
+HERE = Path(__file__).parent
+
+
+def _trainer(out, steps, **loop):
+    text = HashTextEncoder()
+    loop = {"batch_size": 8, "max_steps": steps, "ema_decay": 0.9, "checkpoint_every": 2, "progress": False,
+            **loop}
+    optim = OptimConfig(lr=1e-3, warmup_steps=2, schedule="cosine")
+    config = TrainerConfig(optim=optim, loop=LoopConfig(**loop))
+    return Trainer(tiny_wan(), text, TinyVideos(), config, out, extra_trainable={"text_encoder": text})
+
+
+def _state(trainer):
+    out = {f"m.{k}": v.clone() for k, v in trainer.wrapped["transformer"].state_dict().items()}
+    out.update({f"t.{k}": v.clone() for k, v in trainer.wrapped["text_encoder"].state_dict().items()})
+    out.update({f"e.{k}": v.clone() for k, v in trainer.ema["transformer"].state_dict().items()})
+    return out
+
+
+def test_resume_is_bit_exact(tmp_path):
+    straight = _trainer(tmp_path / "a", 4)
+    straight.train()
+    first = _trainer(tmp_path / "b", 4)
+    first.train(max_steps=2)
+    second = _trainer(tmp_path / "b", 4)
+    assert second.resume("latest") == 2
+    second.train()
+    a, b = _state(straight), _state(second)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    ckpt = tmp_path / "a" / "checkpoint-4"
+    assert (ckpt / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (ckpt / "ema_transformer" / "config.json").is_file() and (ckpt / "meta.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "a").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_gradient_accumulation_gives_the_same_update(tmp_path):
+    one = _trainer(tmp_path / "a", 2)
+    one.train()
+    two = _trainer(tmp_path / "b", 2, grad_accum=2)
+    two.train()
+    a, b = _state(one), _state(two)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
+    text = HashTextEncoder()
+    config = TrainerConfig(loop=LoopConfig(batch_size=4, max_steps=10, checkpoint_every=1, progress=False))
+    data = TinyVideos(n=4)
+    trainer = Trainer(tiny_wan(), text, data, config, tmp_path, extra_trainable={"text_encoder": text})
+    trainer.train(max_steps=2)
+    data.nan_at = 2  # every batch holds all four examples, so step 3 sees the NaN
+    with pytest.raises(TrainingDiverged, match=r"non-finite .* at step 3; .*checkpoint-2"):
+        trainer.train()
+    assert (tmp_path / "checkpoint-2" / "meta.json").is_file() and not (tmp_path / "checkpoint-3").exists()
+
+
+def test_lr_schedule_shapes():
+    f = lr_lambda(OptimConfig(warmup_steps=4, schedule="cosine"), max_steps=14)
+    assert [round(f(s), 4) for s in (0, 3, 4, 9, 14)] == [0.25, 1.0, 1.0, 0.5, 0.0]
+    assert lr_lambda(OptimConfig(warmup_steps=0, schedule="linear"), 10)(5) == 0.5
+    with pytest.raises(ValueError, match="constant, cosine, linear"):
+        lr_lambda(OptimConfig(schedule="step"), 10)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo): replicas identical, same update and loss as 1 process."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+           str(_free_port()), str(HERE / "ddp_worker.py"), str(tmp_path / "ddp"), "3"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), "3"],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    one = torch.load(tmp_path / "one" / "rank0.pt", weights_only=True)
+    assert "MULTI_CPU" in r0["backend"]
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    for k in one["state"]:
+        torch.testing.assert_close(r0["state"][k], one["state"][k], rtol=1e-5, atol=1e-6)
+    assert r0["loss"] == pytest.approx(one["loss"], rel=1e-5)
