@@ -156,3 +156,17 @@ def test_load_vae_rejects_unknown_class(tmp_path):
         load_vae(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_vae(tmp_path / "missing")
+
+
+def test_plain_and_rms_variants_stream_exactly():
+    plain = dict(block_type="plain", mid_blocks=0, layers_per_block=0, decoder_layers_per_block=0)
+    for kw in ({**plain, "block_out_channels": (8, 8, 8)}, dict(norm_groups=0)):
+        vae = tiny_vae(**kw)
+        x = video(9)
+        z = vae.encode(x)
+        torch.testing.assert_close(vae.encode(x, chunk_latents=1), z, rtol=0, atol=1e-12)
+        torch.testing.assert_close(vae.decode(z, chunk_latents=1), vae.decode(z), rtol=0, atol=1e-12)
+    with pytest.raises(PyramidflowError, match="widths cannot change"):
+        tiny_vae(**plain)
+    with pytest.raises(PyramidflowError, match="block_type"):
+        tiny_vae(block_type="dense")

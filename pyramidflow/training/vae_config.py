@@ -16,7 +16,9 @@ class VAEModelConfig:
     temporal_down: tuple[bool, ...] = (True, False, False)
     layers_per_block: int = 1
     decoder_layers_per_block: int = 1
-    norm_groups: int = 8
+    norm_groups: int = 8  # GroupNorm groups per frame; 0 = channel RMS norm (local, tile-exact)
+    block_type: Literal["res", "plain"] = "res"  # "plain": conv + SiLU blocks, no norm (fast CPU presets)
+    mid_blocks: int = 2
 
 
 @dataclass

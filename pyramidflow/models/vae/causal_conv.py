@@ -90,6 +90,29 @@ class CausalGroupNorm(nn.GroupNorm):
         return rearrange(y, "(b t) c h w -> b c t h w", b=b)
 
 
+class ChannelRMSNorm(nn.Module):
+    """RMS norm over channels at each pixel (as in Wan's VAE): purely local in space and time, so
+    chunked and tiled decoding see exactly the same statistics as whole decoding."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+        shape = (1, -1, 1, 1, 1)
+        y = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def make_norm(channels: int, groups: int) -> nn.Module:
+    """``groups > 0``: per-frame GroupNorm (the paper's choice); ``groups == 0``: channel RMS norm."""
+    if groups == 0:
+        return ChannelRMSNorm(channels)
+    return CausalGroupNorm(_groups(channels, groups), channels, eps=1e-6)
+
+
 def _groups(channels: int, groups: int) -> int:
     g = min(groups, channels)
     while channels % g:
@@ -102,9 +125,9 @@ class CausalResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, groups: int) -> None:
         super().__init__()
-        self.norm1 = CausalGroupNorm(_groups(in_ch, groups), in_ch, eps=1e-6)
+        self.norm1 = make_norm(in_ch, groups)
         self.conv1 = CausalConv3d(in_ch, out_ch, 3)
-        self.norm2 = CausalGroupNorm(_groups(out_ch, groups), out_ch, eps=1e-6)
+        self.norm2 = make_norm(out_ch, groups)
         self.conv2 = CausalConv3d(out_ch, out_ch, 3)
         self.skip = nn.Conv3d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.act = nn.SiLU()
@@ -113,6 +136,25 @@ class CausalResBlock(nn.Module):
         h = self.conv1(self.act(self.norm1(x)))
         h = self.conv2(self.act(self.norm2(h)))
         return self.skip(x) + h
+
+
+class CausalPlainBlock(nn.Module):
+    """Causal conv then SiLU, no normalisation: a light block that trains fast on small CPU presets."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = CausalConv3d(in_ch, out_ch, 3)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+def make_block(in_ch: int, out_ch: int, groups: int, kind: str) -> nn.Module:
+    """``kind="res"``: normalised residual block (the paper's); ``"plain"``: conv + SiLU."""
+    if kind == "plain":
+        return CausalPlainBlock(in_ch, out_ch)
+    return CausalResBlock(in_ch, out_ch, groups)
 
 
 class CausalDownsample(nn.Module):

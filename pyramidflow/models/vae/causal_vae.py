@@ -22,30 +22,33 @@ from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae.causal_conv import (
     CausalConv3d,
     CausalDownsample,
-    CausalGroupNorm,
-    CausalResBlock,
     CausalUpsample,
-    _groups,
+    make_block,
+    make_norm,
     set_streaming,
 )
 from pyramidflow.models.vae.interface import VideoAutoencoder
 
 
 class CausalEncoder(nn.Module):
-    def __init__(self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups) -> None:
+    def __init__(
+        self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups, kind, mid
+    ) -> None:
         super().__init__()
         self.conv_in = CausalConv3d(in_ch, channels[0], 3)
         blocks: list[nn.Module] = []
         prev = channels[0]
         for ch, sd, td in zip(channels, spatial_down, temporal_down, strict=True):
             for _ in range(layers):
-                blocks.append(CausalResBlock(prev, ch, groups))
+                blocks.append(make_block(prev, ch, groups, kind))
                 prev = ch
             if sd or td:
                 blocks.append(CausalDownsample(ch, temporal=td, spatial=sd))
-        blocks += [CausalResBlock(prev, prev, groups), CausalResBlock(prev, prev, groups)]
+                if kind == "plain":
+                    blocks.append(nn.SiLU())
+        blocks += [make_block(prev, prev, groups, kind) for _ in range(mid)]
         self.blocks = nn.Sequential(*blocks)
-        self.norm_out = CausalGroupNorm(_groups(prev, groups), prev, eps=1e-6)
+        self.norm_out = make_norm(prev, groups) if kind == "res" else nn.Identity()
         self.conv_out = CausalConv3d(prev, out_ch, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,20 +57,24 @@ class CausalEncoder(nn.Module):
 
 
 class CausalDecoder(nn.Module):
-    def __init__(self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups) -> None:
+    def __init__(
+        self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups, kind, mid
+    ) -> None:
         super().__init__()
         top = channels[-1]
         self.conv_in = CausalConv3d(in_ch, top, 3)
-        blocks: list[nn.Module] = [CausalResBlock(top, top, groups), CausalResBlock(top, top, groups)]
+        blocks: list[nn.Module] = [make_block(top, top, groups, kind) for _ in range(mid)]
         prev = top
         for ch, sd, td in reversed(list(zip(channels, spatial_down, temporal_down, strict=True))):
             for _ in range(layers):
-                blocks.append(CausalResBlock(prev, ch, groups))
+                blocks.append(make_block(prev, ch, groups, kind))
                 prev = ch
             if sd or td:
                 blocks.append(CausalUpsample(ch, temporal=td, spatial=sd))
+                if kind == "plain":
+                    blocks.append(nn.SiLU())
         self.blocks = nn.Sequential(*blocks)
-        self.norm_out = CausalGroupNorm(_groups(prev, groups), prev, eps=1e-6)
+        self.norm_out = make_norm(prev, groups) if kind == "res" else nn.Identity()
         self.conv_out = CausalConv3d(prev, out_ch, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -91,6 +98,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
         layers_per_block: int = 2,
         decoder_layers_per_block: int = 3,
         norm_groups: int = 32,
+        block_type: str = "res",
+        mid_blocks: int = 2,
         latents_mean: Sequence[float] | None = None,
         latents_std: Sequence[float] | None = None,
     ) -> None:
@@ -101,6 +110,13 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
                 f"spatial_down and temporal_down need one flag per level ({n} levels), "
                 f"got {len(spatial_down)} and {len(temporal_down)}"
             )
+        if min(layers_per_block, decoder_layers_per_block) == 0 and len(set(block_out_channels)) > 1:
+            raise PyramidflowError(
+                "with 0 layers per block the widths cannot change: make block_out_channels all equal, "
+                f"got {list(block_out_channels)}"
+            )
+        if block_type not in ("res", "plain"):
+            raise PyramidflowError(f"block_type must be 'res' or 'plain', got {block_type!r}")
         for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
             if stats is not None and len(stats) != latent_channels:
                 raise PyramidflowError(f"{name} needs {latent_channels} values, got {len(stats)}")
@@ -108,10 +124,14 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
         self.temporal_compression = 2 ** sum(bool(t) for t in temporal_down)
         self.spatial_compression = 2 ** sum(bool(s) for s in spatial_down)
         args = (list(block_out_channels), list(spatial_down), list(temporal_down))
-        self.encoder = CausalEncoder(in_channels, 2 * latent_channels, *args, layers_per_block, norm_groups)
-        self.decoder = CausalDecoder(
-            latent_channels, in_channels, *args, decoder_layers_per_block, norm_groups
+        self.encoder = CausalEncoder(
+            in_channels, 2 * latent_channels, *args, layers_per_block, norm_groups, block_type, mid_blocks
         )
+        self.decoder = CausalDecoder(
+            latent_channels, in_channels, *args, decoder_layers_per_block, norm_groups, block_type, mid_blocks
+        )
+        with torch.no_grad():  # start with a narrow posterior so early samples carry the signal
+            self.encoder.conv_out.conv.bias[latent_channels:].fill_(-4.0)
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.latent_channels
