@@ -94,3 +94,25 @@ def test_worker_split_and_errors(tmp_path):
         lc.shards_for_worker(4, 2, 2)
     with pytest.raises(FileNotFoundError, match="cache-latents"):
         lc.LatentCacheDataset(tmp_path)
+
+
+def test_cache_latents_command(tmp_path, vae, monkeypatch, capsys):
+    from pyramidflow import cli
+    from pyramidflow.training import vae_data
+
+    vae.save_pretrained(tmp_path / "vae")
+    monkeypatch.setattr(vae_data, "manifest_clips", lambda path, **kw: Clips(3))
+    args = [
+        "cache-latents",
+        "--manifest",
+        "m.jsonl",
+        "--vae",
+        str(tmp_path / "vae"),
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert cli.main([*args, "--shard-size", "2", "--quiet"]) == 0
+    assert "3 clips (complete)" in capsys.readouterr().out
+    assert len(lc.LatentCacheDataset(tmp_path / "c", verify=True)) == 3
+    assert cli.main([*args, "--frames", "4"]) == 2
+    assert "valid: 1, 5, 9" in capsys.readouterr().err

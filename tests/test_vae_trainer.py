@@ -124,3 +124,35 @@ def test_discriminator_and_perceptual_paths(tmp_path):
     cfg.loss.perceptual_model = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         vae_trainer.train_vae(cfg, Squares(4), None, show_progress=False)
+
+
+def test_train_vae_command(tmp_path, monkeypatch, capsys):
+    from pyramidflow import cli
+    from pyramidflow.training import vae_data
+
+    monkeypatch.setattr(
+        vae_data, "build_vae_datasets", lambda cfg: (Squares(4, cfg.frames), Squares(2, cfg.frames, 16, 50))
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {latent_channels: 4, block_out_channels: [8, 8], spatial_down: [true, false],"
+        " temporal_down: [true, false], norm_groups: 4}\n"
+        "data: {frames: 5, height: 16, width: 16}\nbatch_size: 2\nwarmup_steps: 1\n"
+    )
+    args = [
+        "train-vae",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--set",
+        "checkpoint_every=1",
+    ]
+    assert cli.main([*args, "--max-steps", "1"]) == 0
+    assert cli.main([*args, "--max-steps", "2", "--resume", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "val_psnr=" in out
+    assert [s for s, _ in list_checkpoints(tmp_path / "o")] == [1, 2]
+    assert cli.main([*args, "--set", "loss.kl=oops"]) == 2
+    assert "loss.kl" in capsys.readouterr().err

@@ -23,7 +23,7 @@ class VAEModelConfig:
 
 @dataclass
 class VAEDataConfig:
-    source: Literal["shapes", "folder", "manifest", "cache"] = "shapes"
+    source: Literal["shapes", "folder", "manifest"] = "shapes"
     path: str | None = None  # folder of videos or manifest file (not used by "shapes")
     frames: int = 9  # must be 1 + k * temporal_compression
     height: int = 32

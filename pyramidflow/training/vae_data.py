@@ -44,3 +44,79 @@ def clip_batches(
             offset += batch_size
             yield to_model_range([as_clip(dataset[i]) for i in idx]), {"epoch": epoch, "offset": offset}
         epoch, offset = epoch + 1, 0
+
+
+# ---- dataset sources -------------------------------------------------------------------------
+# The clip datasets themselves live in pyramidflow.data (shapes, video folders, manifests); these
+# adapters only pick one from a config and give every source the same (T, 3, H, W) in [0, 1] items.
+
+
+def _data_module(name: str, source: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"pyramidflow.data.{name}")
+    except ImportError as err:
+        raise PyramidflowError(
+            f"data source {source!r} needs pyramidflow.data.{name}, which is not available: {err}"
+        ) from err
+
+
+def shapes_dataset(num: int, frames: int, height: int, width: int, seed: int):
+    """The built-in procedural shapes clips (``pyramidflow.data.shapes``)."""
+    module = _data_module("shapes", "shapes")
+    return module.ShapesDataset(num_clips=num, frames=frames, height=height, width=width, seed=seed)
+
+
+def folder_clips(folder: str, frames: int | None, height: int | None, width: int | None):
+    """Clips read from a folder of video files (``pyramidflow.data.video``)."""
+    module = _data_module("video", "folder")
+    return module.VideoFolderDataset(folder, frames=frames, height=height, width=width)
+
+
+def manifest_clips(manifest: str, frames: int | None, height: int | None, width: int | None):
+    """Clips and captions listed in a manifest (``pyramidflow.data.manifest``)."""
+    module = _data_module("manifest", "manifest")
+    return module.ManifestDataset(manifest, frames=frames, height=height, width=width)
+
+
+def text_encode_fn(path: str, device):
+    """``captions -> (embeddings, mask)`` from a text encoder folder (``pyramidflow.models``)."""
+    import pyramidflow.models as models
+
+    loader = getattr(models, "load_text_encoder", None)
+    if loader is None:
+        raise PyramidflowError(
+            "this build has no text encoder loader (pyramidflow.models.load_text_encoder); "
+            "run cache-latents without --text-encoder: captions are stored and can be embedded later"
+        )
+    encoder = loader(path).to(device)
+    return encoder.encode
+
+
+class _Split(torch.utils.data.Dataset):
+    def __init__(self, base, indices: list[int]) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """(train, validation) datasets for a :class:`VAEDataConfig`; validation clips are held out."""
+    if cfg.source == "shapes":
+        train = shapes_dataset(cfg.num_train, cfg.frames, cfg.height, cfg.width, cfg.seed)
+        val = shapes_dataset(cfg.num_val, cfg.frames, cfg.height, cfg.width, cfg.seed + 10**6)
+        return train, val
+    if not cfg.path:
+        raise PyramidflowError(f"data.source={cfg.source!r} needs data.path")
+    if cfg.source == "folder":
+        full = folder_clips(cfg.path, cfg.frames, cfg.height, cfg.width)
+    else:
+        full = manifest_clips(cfg.path, cfg.frames, cfg.height, cfg.width)
+    n_val = min(cfg.num_val, len(full) // 5)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    return _Split(full, order[n_val:]), _Split(full, order[:n_val])

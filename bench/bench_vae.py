@@ -1,0 +1,142 @@
+"""VAE benchmarks: reconstruction quality, encode/decode speed, peak memory of whole vs chunked/tiled.
+
+    python bench/bench_vae.py --vae outputs/vae-shapes-tiny/vae --shapes 16      # quality on shapes clips
+    python bench/bench_vae.py --vae DIR --videos data/mp4s --frames 17 --size 128  # real videos
+    python bench/bench_vae.py --memory                                           # whole vs chunked vs tiled
+    python bench/bench_vae.py --quick                                            # small versions of all three
+
+Peak memory is the peak resident set size of a fresh process that decodes once, minus that process's
+resident size just before decoding (so model weights and the input are excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+from pyramidflow.models.vae import CausalVideoVAE, load_vae
+from pyramidflow.training.vae_data import to_model_range
+from pyramidflow.training.vae_losses import psnr, ssim
+
+
+def memory_model() -> CausalVideoVAE:
+    """A random mid-sized causal VAE (8x8 spatial, x4 temporal) for the memory comparison."""
+    torch.manual_seed(0)
+    return CausalVideoVAE(
+        latent_channels=16,
+        block_out_channels=(32, 64, 128, 128),
+        spatial_down=(True, True, True, False),
+        temporal_down=(True, True, False, False),
+        layers_per_block=1,
+        decoder_layers_per_block=1,
+        norm_groups=0,
+    ).eval()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _decode_once(latent_frames, size, chunk, tile, queue):
+    torch.set_num_threads(2)
+    vae = memory_model()
+    z = torch.randn(1, 16, latent_frames, size, size)
+    base = _rss_mb()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = vae.decode(z, chunk_latents=chunk, tile_latent=tile, tile_overlap=4)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    out_mb = out.numel() * 4 / 2**20
+    queue.put((peak - base, out_mb, seconds))
+
+
+def measure_decode(latent_frames, size, chunk=None, tile=None):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_decode_once, args=(latent_frames, size, chunk, tile, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def memory_table(quick: bool) -> None:
+    lengths = (3, 9) if quick else (3, 9, 17)
+    size = 16 if quick else 32  # latent pixels: x8 -> 128 or 256 px frames
+    print(f"\n## Peak decode memory (random 4-level VAE, 16 latent ch, frames 128x128 x {size // 16})")
+    print("| latent frames | video frames | mode | peak extra MiB | output MiB | seconds |")
+    print("|---|---|---|---|---|---|")
+    for t in lengths:
+        frames = 1 + (t - 1) * 4
+        for name, chunk, tile in (("whole", None, None), ("chunked 1", 1, None), ("chunked 1 + tiled", 1, size // 2)):
+            peak, out_mb, sec = measure_decode(t, size, chunk, tile)
+            print(f"| {t} | {frames} | {name} | {peak:.0f} | {out_mb:.0f} | {sec:.2f} |")
+
+
+def quality(vae, clips, label: str, batch: int = 4) -> None:
+    scores_p, scores_s, enc_s, dec_s, frames = [], [], 0.0, 0.0, 0
+    for start in range(0, len(clips), batch):
+        x = to_model_range(clips[start : start + batch])
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            z = vae.encode(x)
+            t1 = time.perf_counter()
+            y = vae.decode(z)
+            t2 = time.perf_counter()
+        enc_s, dec_s, frames = enc_s + t1 - t0, dec_s + t2 - t1, frames + x.shape[0] * x.shape[2]
+        rec, ref = ((y.float() + 1) / 2).clamp(0, 1), (x + 1) / 2
+        scores_p.append(psnr(rec, ref))
+        scores_s.append(ssim(rec, ref))
+    p, s = torch.cat(scores_p), torch.cat(scores_s)
+    shape = tuple(clips[0].shape)
+    print(f"\n## Reconstruction: {label} ({len(clips)} clips of {shape[0]}x{shape[2]}x{shape[3]})")
+    print("| PSNR dB (mean) | PSNR min | SSIM (mean) | encode frames/s | decode frames/s |")
+    print("|---|---|---|---|---|")
+    print(f"| {p.mean():.2f} | {p.min():.2f} | {s.mean():.4f} | {frames / enc_s:.1f} | {frames / dec_s:.1f} |")
+
+
+def shapes_clips(n: int, frames: int, size: int):
+    from pyramidflow.training.vae_data import shapes_dataset
+
+    data = shapes_dataset(n, frames, size, size, seed=10**6)
+    return [data[i] for i in range(n)]
+
+
+def video_clips(folder: str, frames: int, size: int, limit: int):
+    from pyramidflow.training.vae_data import folder_clips
+
+    data = folder_clips(folder, frames=frames, height=size, width=size)
+    return [data[i] for i in range(min(limit, len(data)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vae", default=None, help="trained VAE directory (ours or a Wan VAE folder)")
+    parser.add_argument("--shapes", type=int, default=0, help="number of shapes validation clips")
+    parser.add_argument("--videos", default=None, help="folder of real videos (mp4)")
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=16, help="at most this many real videos")
+    parser.add_argument("--memory", action="store_true", help="whole vs chunked vs tiled peak memory")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.quick and not (args.memory or args.vae):
+        args.memory = True
+    vae = load_vae(args.vae) if args.vae else None
+    if vae is not None and args.shapes:
+        quality(vae, shapes_clips(args.shapes, args.frames, args.size), "shapes validation")
+    if vae is not None and args.videos:
+        quality(vae, video_clips(args.videos, args.frames, args.size, args.limit), f"videos in {args.videos}")
+    if args.memory:
+        memory_table(args.quick)
+
+
+if __name__ == "__main__":
+    main()

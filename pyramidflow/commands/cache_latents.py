@@ -1,0 +1,67 @@
+"""``pyramidflow cache-latents``: encode a video dataset once into a latent cache."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cache-latents",
+        help="encode a manifest of videos into safetensors latent shards (+ captions)",
+        description="Encode every clip of a manifest with a VAE (this project's or a diffusers "
+        "AutoencoderKLWan folder) into checksummed safetensors shards plus index.json. Re-running "
+        "skips finished shards; run several processes with --num-workers N --worker-id i.",
+    )
+    p.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and captions")
+    p.add_argument("--vae", required=True, help="VAE folder: train-vae's OUT/vae or a Wan VAE")
+    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (1 + k*temporal compression)")
+    p.add_argument("--height", type=int, default=None, help="frame height (x spatial compression)")
+    p.add_argument("--width", type=int, default=None, help="frame width")
+    p.add_argument("--shard-size", type=int, default=64, help="clips per shard (default 64)")
+    p.add_argument("--num-workers", type=int, default=1, help="processes sharing the work")
+    p.add_argument("--worker-id", type=int, default=0, help="this process's id, 0..num-workers-1")
+    p.add_argument("--chunk-latents", type=int, default=None, help="encode this many latents at a time")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--text-encoder", default=None, help="text encoder folder (embeddings stored too)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyramidflow.models.vae import load_vae
+    from pyramidflow.training.vae_cache import build_latent_cache
+    from pyramidflow.training.vae_data import manifest_clips, text_encode_fn
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae = load_vae(args.vae).to(device)
+    frames, height, width = args.frames, args.height, args.width
+    if frames is not None:
+        vae.check_frames(frames)
+    if height is not None and width is not None:
+        vae.check_size(height, width)
+    dataset = manifest_clips(args.manifest, frames=frames, height=height, width=width)
+    text = text_encode_fn(args.text_encoder, device) if args.text_encoder else None
+    extra = {"manifest": str(args.manifest), "frames": frames, "height": height, "width": width}
+    result = build_latent_cache(
+        dataset,
+        vae,
+        args.out,
+        shard_size=args.shard_size,
+        worker_id=args.worker_id,
+        num_workers=args.num_workers,
+        text_encoder=text,
+        chunk_latents=args.chunk_latents,
+        header_extra=extra,
+        show_progress=not args.quiet,
+    )
+    index = result["index"]
+    print(
+        f"worker {args.worker_id}: wrote {len(result['written'])} shards, skipped {len(result['skipped'])}; "
+        f"cache has {len(index['shards'])}/{index['num_shards']} shards, {index['num_items']} clips "
+        f"({'complete' if index['complete'] else 'incomplete'}) in {args.out}"
+    )
+    return 0
