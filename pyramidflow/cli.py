@@ -17,6 +17,8 @@ from pyramidflow import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "pyramidflow.commands.schedule",
     "pyramidflow.commands.flops",
+    "pyramidflow.commands.train_vae",
+    "pyramidflow.commands.cache_latents",
 )
 
 # Exceptions that mean "bad input": printed as one line, exit status 2.
