@@ -118,12 +118,10 @@ class HaarTransform:
 
     # ----------------------------------------------------------- group split
     def _split_fine(self, x: Tensor) -> list[Tensor]:
+        """Frame runs of the token groups; the first frame stays first at every level."""
         if self.causal_first_frame:
             return [x[:, :, :1], x[:, :, 1:]]
         return [x]
-
-    def _split_coarse(self, y: Tensor) -> list[Tensor]:
-        return self._split_fine(y)  # the first frame stays first at every level
 
     @staticmethod
     def _merge(parts: list[Tensor]) -> Tensor:
@@ -145,6 +143,12 @@ class HaarTransform:
         x = x.reshape(b, c, t, h, w, tf, 2, 2).permute(0, 1, 2, 5, 3, 6, 4, 7)
         return x.reshape(b, c, t * tf, h * 2, w * 2)
 
+    @staticmethod
+    def _empty_up(part: Tensor) -> Tensor:
+        """The (empty) upsampled run of a group with no frames, e.g. the rest of a 1-frame video."""
+        b, c, _, h, w = part.shape
+        return part.new_empty(b, c, 0, 2 * h, 2 * w)
+
     def _down_once(self, x: Tensor) -> Tensor:
         parts = []
         for group, part in zip(self.groups, self._split_fine(x), strict=True):
@@ -156,11 +160,10 @@ class HaarTransform:
 
     def _up_once(self, y: Tensor) -> Tensor:
         parts = []
-        for group, part in zip(self.groups, self._split_coarse(y), strict=True):
+        for group, part in zip(self.groups, self._split_fine(y), strict=True):
             tf = group.temporal_factor
             if part.shape[2] == 0:
-                b, c, _, h, w = part.shape
-                parts.append(part.new_empty(b, c, 0, 2 * h, 2 * w))
+                parts.append(self._empty_up(part))
                 continue
             rep = part.unsqueeze(-1).expand(*part.shape, tf * 4)
             parts.append(self._unblocks(rep, tf))
@@ -244,8 +247,7 @@ class HaarTransform:
         for group, part, (a, s) in zip(self.groups, self._split_fine(y), scales, strict=True):
             m, tf = group.children, group.temporal_factor
             if part.shape[2] == 0:
-                b, c, _, h, w = part.shape
-                parts.append(part.new_empty(b, c, 0, 2 * h, 2 * w))
+                parts.append(self._empty_up(part))
                 continue
             eps = torch.randn((*part.shape, m), generator=generator, device=part.device, dtype=part.dtype)
             eps = eps - eps.mean(dim=-1, keepdim=True)
