@@ -106,3 +106,16 @@ def test_renoise_errors():
     # A schedule whose gain is below the transform's cannot be reached by a jump.
     with pytest.raises(PyramidflowError, match="gain must be >="):
         renoise(torch.randn(1, 1, 2, 4, 4), PyramidSchedule(2), HaarTransform(temporal=True), 0)
+
+
+def test_causal_transform_on_a_single_frame(generator):
+    """An image through a causal-first-frame pyramid: only the spatial group exists; it is topped up."""
+    transform = HaarTransform(temporal=True, causal_first_frame=True)
+    schedule = PyramidSchedule(2, gain=transform.gain)
+    x, a = _state_before_jump(transform, schedule, 0, (1, 1, 1, 4, 4), generator)
+    out = renoise(x, schedule, transform, 0, generator)
+    target = schedule.windows[1][0]
+    mean = (1 - target) * transform.up(a.unsqueeze(0))[0]
+    assert out.shape[1:] == (1, 1, 4, 4)
+    assert_mean(out, mean, target)
+    assert_white((out - mean) / target)
