@@ -3,7 +3,7 @@
     python bench/bench_vae.py --vae outputs/vae-shapes-tiny/vae --shapes 16      # quality on shapes clips
     python bench/bench_vae.py --vae DIR --videos data/mp4s --frames 17 --size 128  # real videos
     python bench/bench_vae.py --memory                                           # whole vs chunked vs tiled
-    python bench/bench_vae.py --quick                                            # small versions of all three
+    python bench/bench_vae.py --quick                                            # memory table, small sizes
 
 Peak memory is the peak resident set size of a fresh process that decodes once, minus that process's
 resident size just before decoding (so model weights and the input are excluded).
@@ -69,7 +69,7 @@ def measure_decode(latent_frames, size, chunk=None, tile=None):
 def memory_table(quick: bool) -> None:
     lengths = (3, 9) if quick else (3, 9, 17)
     size = 16 if quick else 32  # latent pixels: x8 -> 128 or 256 px frames
-    print(f"\n## Peak decode memory (random 4-level VAE, 16 latent ch, frames 128x128 x {size // 16})")
+    print(f"\n## Peak decode memory (random 4-level VAE, 16 latent ch, {size * 8}x{size * 8} frames)")
     print("| latent frames | video frames | mode | peak extra MiB | output MiB | seconds |")
     print("|---|---|---|---|---|---|")
     for t in lengths:
@@ -101,10 +101,15 @@ def quality(vae, clips, label: str, batch: int = 4) -> None:
     print(f"| {p.mean():.2f} | {p.min():.2f} | {s.mean():.4f} | {frames / enc_s:.1f} | {frames / dec_s:.1f} |")
 
 
-def shapes_clips(n: int, frames: int, size: int):
-    from pyramidflow.training.vae_data import shapes_dataset
+def shapes_clips(n: int, frames: int, size: int, standin: bool):
+    if standin:  # bench-local procedural clips (bench/vae_shapes_standin.py), same validation offset
+        from vae_shapes_standin import StandinShapes
 
-    data = shapes_dataset(n, frames, size, size, seed=10**6)
+        data = StandinShapes(n, frames, size, offset=10**6)
+    else:
+        from pyramidflow.training.vae_data import shapes_dataset
+
+        data = shapes_dataset(n, frames, size, size, seed=10**6)
     return [data[i] for i in range(n)]
 
 
@@ -119,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", default=None, help="trained VAE directory (ours or a Wan VAE folder)")
     parser.add_argument("--shapes", type=int, default=0, help="number of shapes validation clips")
+    parser.add_argument("--standin", action="store_true", help="shapes from bench/vae_shapes_standin.py")
     parser.add_argument("--videos", default=None, help="folder of real videos (mp4)")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--size", type=int, default=32)
@@ -131,7 +137,7 @@ def main() -> None:
         args.memory = True
     vae = load_vae(args.vae) if args.vae else None
     if vae is not None and args.shapes:
-        quality(vae, shapes_clips(args.shapes, args.frames, args.size), "shapes validation")
+        quality(vae, shapes_clips(args.shapes, args.frames, args.size, args.standin), "shapes validation")
     if vae is not None and args.videos:
         quality(vae, video_clips(args.videos, args.frames, args.size, args.limit), f"videos in {args.videos}")
     if args.memory:
