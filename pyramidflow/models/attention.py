@@ -1,0 +1,172 @@
+"""Attention for the pyramid transformer: Wan's projections, block-causal and packed layouts.
+
+Who may attend to whom is described by token ids (MATH.md section 7): a query of sample s and
+unit u sees a key of the same sample whose unit is <= u (block-causal over units, bidirectional
+inside a unit). An :class:`AttentionLayout` turns the ids into the cheapest exact plan, once per
+forward pass, shared by every layer:
+
+* ``"full"``: every query sees every key: one SDPA call with no mask (fast kernels apply);
+* ``"groups"``: tokens sorted by (sample, unit): each run of queries sees one contiguous key range,
+  so attention is a few unmasked SDPA calls and no O(L^2) mask is ever built;
+* ``"dense"``: anything else: a boolean (Sq, Sk) mask, or a FlexAttention block mask on CUDA.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.rope import apply_rotary
+
+BACKENDS = ("auto", "sdpa", "flex")
+
+
+class AttentionLayout:
+    """The attention pattern between query ids and key ids.
+
+    q_sample, q_unit: (Sq,) integer ids; k_sample, k_unit: (Sk,). Keys with a unit of
+    ``-2**62`` (text) are visible to every query of their sample.
+    """
+
+    def __init__(self, q_sample: Tensor, q_unit: Tensor, k_sample: Tensor, k_unit: Tensor) -> None:
+        self.q_sample, self.q_unit = q_sample.long(), q_unit.long()
+        self.k_sample, self.k_unit = k_sample.long(), k_unit.long()
+        self._dense: Tensor | None = None
+        self._block_mask = None
+        self.kind, self.groups = self._plan()
+
+    def allowed_rows(self, q_index: Tensor) -> Tensor:
+        """(len(q_index), Sk) bool: which keys the given queries may attend to."""
+        same = self.q_sample[q_index, None] == self.k_sample[None, :]
+        return same & (self.k_unit[None, :] <= self.q_unit[q_index, None])
+
+    def _plan(self) -> tuple[str, list[tuple[int, int, int, int]]]:
+        sq = self.q_sample.numel()
+        ids = torch.stack((self.q_sample, self.q_unit))
+        change = (ids[:, 1:] != ids[:, :-1]).any(0).nonzero().flatten() + 1
+        starts = [0, *change.tolist()]
+        ends = [*starts[1:], sq]
+        rows = self.allowed_rows(torch.tensor(starts, dtype=torch.long, device=self.q_sample.device))
+        groups = []
+        for qs, qe, row in zip(starts, ends, rows, strict=True):
+            keys = row.nonzero().flatten()
+            if keys.numel() == 0:
+                raise PyramidflowError(f"queries {qs}..{qe - 1} may attend to no key: "
+                                       "every token needs its own unit")
+            ks, ke = int(keys[0]), int(keys[-1]) + 1
+            if keys.numel() != ke - ks:
+                return "dense", []
+            groups.append((qs, qe, ks, ke))
+        if len(groups) == 1 and groups[0][2:] == (0, self.k_sample.numel()):
+            return "full", groups
+        return "groups", groups
+
+    def dense_mask(self) -> Tensor:
+        """(Sq, Sk) bool mask, built on first use."""
+        if self._dense is None:
+            self._dense = self.allowed_rows(torch.arange(self.q_sample.numel(), device=self.q_sample.device))
+        return self._dense
+
+    def block_mask(self):
+        """FlexAttention block mask for the same pattern, built on first use."""
+        if self._block_mask is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            qs, qu, ks, ku = self.q_sample, self.q_unit, self.k_sample, self.k_unit
+
+            def mask_mod(b, h, q, k):
+                return (qs[q] == ks[k]) & (ku[k] <= qu[q])
+
+            self._block_mask = create_block_mask(
+                mask_mod, None, None, qs.numel(), ks.numel(), device=qs.device
+            )
+        return self._block_mask
+
+
+@cache
+def _flex_fn(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout | None, backend: str = "auto") -> Tensor:
+    """Scaled dot-product attention. q: (B, Sq, H, D); k, v: (B, Sk, H, D) -> (B, Sq, H, D)."""
+    if backend not in BACKENDS:
+        raise PyramidflowError(f"unknown attention backend {backend!r}: "
+                               f"valid backends are {', '.join(BACKENDS)}")
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D)
+    if layout is None or layout.kind == "full":
+        out = F.scaled_dot_product_attention(q, k, v)
+    elif backend == "flex" or (backend == "auto" and layout.kind == "dense" and q.is_cuda):
+        with warnings.catch_warnings():  # eager FlexAttention (CPU) warns that it is not compiled
+            warnings.simplefilter("ignore", UserWarning)
+            out = _flex_fn(q.is_cuda)(q, k, v, block_mask=layout.block_mask())
+    elif layout.kind == "groups":
+        out = torch.cat(
+            [F.scaled_dot_product_attention(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke])
+             for qs, qe, ks, ke in layout.groups],
+            dim=2,
+        )
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.dense_mask())
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Wan's attention: q/k/v projections, RMS norm of q and k across all heads, output projection.
+
+    Parameter names match diffusers' ``WanAttention`` (``to_q``, ``to_k``, ``to_v``, ``to_out.0``,
+    ``norm_q``, ``norm_k``). Self-attention applies rotary embedding to q and k; cross-attention
+    (``context`` given) does not.
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        if dim % heads:
+            raise PyramidflowError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def query(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """(B, S, dim) -> (B, S, heads, head_dim), normed and rotated."""
+        q = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))
+        return q if rope is None else apply_rotary(q, *rope)
+
+    def key_value(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """(B, S, dim) -> keys and values (B, S, heads, head_dim); keys normed and rotated."""
+        k = self.norm_k(self.to_k(x)).unflatten(2, (self.heads, -1))
+        v = self.to_v(x).unflatten(2, (self.heads, -1))
+        return (k if rope is None else apply_rotary(k, *rope)), v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
+        layout: AttentionLayout | None = None,
+        past: tuple[Tensor, Tensor] | None = None,
+        backend: str = "auto",
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: (B, S, dim). Self-attention if ``context`` is None, else cross-attention to it.
+
+        ``past``: cached keys and values (B, N, heads, head_dim) placed before x's own (history).
+        Returns the output (B, S, dim) and x's (or the context's) own keys and values.
+        """
+        q = self.query(x, rope)
+        k, v = self.key_value(x if context is None else context, rope if context is None else None)
+        own = (k, v)
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=1), torch.cat((past[1], v), dim=1)
+        out = attend(q, k, v, layout, backend).flatten(2).type_as(q)
+        return self.to_out[1](self.to_out[0](out)), own
