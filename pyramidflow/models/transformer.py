@@ -209,6 +209,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
             repeats = None
         temb, mod_table = self.condition_embedder.time(tok.timesteps, text.dtype)
         mod = Modulation(mod_table, repeats)
+        if cache is not None:
+            cache.check(tok.x.shape[0], text, tok.units)
         text = self.condition_embedder.text(text)
         head_dim = self.config.attention_head_dim
         rope = rotary_angles(tok.positions, head_dim, self.config.rope_theta)
@@ -216,7 +218,6 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         k_units, k_samples = tok.units, tok.samples
         if cache is not None:
-            cache.check(tok.x.shape[0], text, tok.units)
             k_units = torch.cat((cache.units.to(tok.units.device), tok.units))
             k_samples = torch.cat((torch.zeros_like(cache.units, device=tok.units.device), tok.samples))
         self_layout = AttentionLayout(tok.samples, tok.units, k_samples, k_units)
