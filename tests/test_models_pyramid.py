@@ -165,3 +165,29 @@ def test_bf16_autocast_runs_close_to_float32(model):
             low = model(x, t, text).sample
     assert torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() / ref.abs().max() < 0.05
+
+
+def test_unit_velocity_with_cache_drives_autoregressive_generation(model):
+    from pyramidflow.models.unit_velocity import UnitVelocity
+    from pyramidflow.pipelines.autoregressive import generate_units
+    from pyramidflow.pyramid import HaarTransform, PyramidSchedule
+
+    schedule, transform = PyramidSchedule(num_stages=2), HaarTransform()
+    text = _randn(1, 5, 16, seed=9)
+    calls = []
+    original = model.build_history_cache
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    model.build_history_cache = counting
+    try:
+        videos = [generate_units(UnitVelocity(model, text, 2, use_cache=cached), schedule, transform,
+                                 (1, 4, 1, 8, 8), num_units=3, steps=(2, 3),
+                                 generator=torch.Generator().manual_seed(0)) for cached in (False, True)]
+    finally:
+        del model.build_history_cache
+    assert videos[0].shape == (1, 4, 3, 8, 8)
+    assert (videos[0] - videos[1]).abs().max() < 1e-4
+    assert len(calls) == 2 * 2  # once per stage of units 1 and 2, not once per step
