@@ -1,1 +1,29 @@
-"""io"""
+"""Video I/O: write mp4 (H.264) / GIF / images, read any video back, draw contact sheets.
+
+Imports no model code.
+"""
+
+from pyramidflow.io.read import (
+    MEDIA_SUFFIXES,
+    VideoInfo,
+    VideoReadError,
+    iter_frames,
+    probe,
+    read_frames,
+    read_video,
+)
+from pyramidflow.io.sheet import contact_sheet
+from pyramidflow.io.write import to_uint8_frames, write_video
+
+__all__ = [
+    "MEDIA_SUFFIXES",
+    "VideoInfo",
+    "VideoReadError",
+    "contact_sheet",
+    "iter_frames",
+    "probe",
+    "read_frames",
+    "read_video",
+    "to_uint8_frames",
+    "write_video",
+]

@@ -1,0 +1,82 @@
+"""Manifest datasets: a JSONL or CSV file of ``{video, text}`` rows.
+
+JSONL: one object per line, e.g. ``{"video": "clips/a.mp4", "text": "a dog running"}``; CSV: a
+header row with ``video`` and ``text`` columns. ``path``/``file`` are accepted for ``video`` and
+``caption``/``prompt`` for ``text``. Relative paths are relative to the manifest's folder. A
+malformed row, or one naming a missing file, is skipped with a warning and counted like a bad
+video (see :mod:`pyramidflow.data.video`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from pyramidflow.data.video import Entry, SkipLog, VideoClipDataset
+from pyramidflow.errors import PyramidflowError
+
+VIDEO_KEYS = ("video", "path", "file")
+TEXT_KEYS = ("text", "caption", "prompt")
+
+
+def _field(row: dict, keys: tuple[str, ...]):
+    return next((row[k] for k in keys if isinstance(row.get(k), str)), None)
+
+
+def read_manifest(manifest, skips: SkipLog) -> list[Entry]:
+    """Entries of a ``.jsonl``/``.json`` or ``.csv`` manifest; bad rows go to ``skips``."""
+    path = Path(manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest}")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise PyramidflowError(f"manifest {path.name}: use a .jsonl or .csv file")
+    rows: list[tuple[int, dict | None]] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        if suffix == ".csv":
+            rows = [(i + 2, row) for i, row in enumerate(csv.DictReader(fh))]
+        else:
+            for i, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    obj = None
+                rows.append((i, obj if isinstance(obj, dict) else None))
+    entries = []
+    for line_no, row in rows:
+        video = _field(row, VIDEO_KEYS) if row is not None else None
+        if not video:
+            skips.add(f"{path}:{line_no}", "malformed row", f"needs a '{VIDEO_KEYS[0]}' path")
+            continue
+        file = Path(video) if Path(video).is_absolute() else path.parent / video
+        if not file.is_file():
+            skips.add(str(file), "missing", f"listed on line {line_no} of {path.name}")
+            continue
+        entries.append(Entry(str(file), (_field(row, TEXT_KEYS) or "").strip()))
+    return entries
+
+
+def write_manifest(path, rows: list[dict[str, str]]) -> Path:
+    """Write ``[{"video": ..., "text": ...}, ...]`` as JSONL (or CSV by suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        if path.suffix.lower() == ".csv":
+            writer = csv.DictWriter(fh, fieldnames=["video", "text"])
+            writer.writeheader()
+            writer.writerows({"video": r["video"], "text": r.get("text", "")} for r in rows)
+        else:
+            fh.writelines(json.dumps({"video": r["video"], "text": r.get("text", "")}) + "\n" for r in rows)
+    return path
+
+
+class ManifestDataset(VideoClipDataset):
+    """Clips of the files a manifest lists, with their captions (see :class:`VideoClipDataset`)."""
+
+    def __init__(self, manifest, frames: int | None = 16, size: int | None = None, **kwargs) -> None:
+        skips = kwargs.pop("skips", None) or SkipLog()
+        entries = read_manifest(manifest, skips)  # may be empty: check() still reports the skips
+        super().__init__(entries, frames, size, skips=skips, **kwargs)

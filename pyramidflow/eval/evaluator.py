@@ -1,0 +1,170 @@
+"""Does a shapes clip show what its prompt asked for?
+
+:func:`evaluate_video` combines the per-frame analysis of :mod:`pyramidflow.eval.detect` over
+time: colour and shape by majority over the frames where the object was found (shape from the
+median features), the motion from a least-squares line through the centroids ``p(t) = p0 + v t``:
+
+* ``still`` when the fitted travel ``|v| (T - 1)`` is under ``STILL_TRAVEL`` of the frame side,
+  else the nearest of the 8 compass directions to the angle of ``v`` (45-degree sectors; y grows
+  downwards, so "up" is -y);
+* speed = travel / (frame side - object extent), the share of the free range covered (the same
+  definition as :data:`pyramidflow.data.vocab.SPEEDS`), read as the nearest named speed.
+
+Checks for attributes the prompt does not name are ``None`` and left out of accuracies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+from pyramidflow.data.vocab import DIRECTIONS, MOVING_DIRECTIONS, SPEEDS, parse_prompt
+from pyramidflow.eval.detect import FrameObject, analyse_clip, classify_shape
+
+STILL_TRAVEL = 0.1  # fitted travel over the clip, as a share of the frame side, below which it is "still"
+CHECKS = ("color", "shape", "direction", "speed", "background")
+
+
+def _majority(labels: list[str]) -> tuple[str, float]:
+    """Most common label and the share of frames that agree with it."""
+    label, count = Counter(labels).most_common(1)[0]
+    return label, count / len(labels)
+
+
+def direction_of(velocity: np.ndarray, travel: float, side: float) -> str:
+    """Compass direction of a velocity (x right, y down), or "still" for little travel."""
+    if travel < STILL_TRAVEL * side:
+        return "still"
+    unit = velocity / (np.linalg.norm(velocity) + 1e-12)
+    return max(MOVING_DIRECTIONS, key=lambda d: float(np.dot(unit, DIRECTIONS[d])))
+
+
+def speed_of(share: float) -> str:
+    return min(SPEEDS, key=lambda s: abs(SPEEDS[s] - share))
+
+
+def fit_motion(objs: list[FrameObject]) -> tuple[np.ndarray, float]:
+    """Velocity (2,) in px/frame from a least-squares line through the centroids, and the RMS
+    distance of the centroids from that line (pixels)."""
+    t = np.array([i for i, o in enumerate(objs) if o.detected], dtype=np.float64)
+    if len(t) < 2:
+        return np.zeros(2), 0.0
+    pos = np.array([[o.x, o.y] for o in objs if o.detected])  # (n, 2)
+    A = np.stack([np.ones_like(t), t], 1)  # (n, 2)
+    coef, *_ = np.linalg.lstsq(A, pos, rcond=None)  # (2, 2): rows = intercept, slope
+    residual = pos - A @ coef
+    return coef[1], float(np.sqrt((residual**2).sum(1).mean()))
+
+
+def describe_video(video) -> dict:
+    """What the clip shows, independent of any prompt."""
+    bg_rgb, background, objs = analyse_clip(video)
+    T = len(objs)
+    side = float(min(np.shape(video)[-2:]))
+    found = [o for o in objs if o.detected]
+    out = {"background": background, "background_rgb": [float(v) for v in bg_rgb],
+           "frames": T, "detected_frames": len(found), "color": None, "shape": None,
+           "direction": None, "speed": None, "velocity": [0.0, 0.0], "travel": 0.0}
+    if not found:
+        out.update(temporal_consistency=0.0, positions=[])
+        return out
+    color, color_agree = _majority([o.color for o in found])
+    _, shape_agree = _majority([o.shape for o in found])
+    fill, taper = np.median([[o.fill, o.taper] for o in found], axis=0)
+    shape = classify_shape(float(fill), float(taper))
+    velocity, residual = fit_motion(objs)
+    travel = float(np.linalg.norm(velocity)) * (T - 1)
+    extent = float(np.median([o.extent for o in found]))
+    areas = np.array([o.area for o in found])
+    components = {
+        "color_agreement": color_agree,
+        "shape_agreement": shape_agree,
+        "size_stability": float(np.clip(1 - areas.std() / areas.mean(), 0, 1)),
+        "path_smoothness": float(np.exp(-residual / (0.05 * side))),
+    }
+    out.update(
+        color=color,
+        shape=shape,
+        velocity=[float(v) for v in velocity],
+        travel=travel,
+        positions=[[o.x, o.y] for o in objs],
+        temporal_components=components,
+        temporal_consistency=len(found) / T * float(np.mean(list(components.values()))),
+    )
+    if T > 1:
+        out["direction"] = direction_of(velocity, travel, side)
+        if out["direction"] != "still":
+            out["speed"] = speed_of(travel / max(side - extent, 1.0))
+    return out
+
+
+def evaluate_video(video, prompt: str) -> dict:
+    """Judge a clip (T, 3, H, W) in [0, 1] (or uint8) against a prompt.
+
+    Returns the description (:func:`describe_video`), the parsed ``prompt`` attributes, and
+    ``color_correct``, ``shape_correct``, ``direction_correct``, ``speed_correct``,
+    ``background_correct`` (``None`` where the prompt does not name the attribute; the speed
+    check only for moving prompts) and ``all_correct`` over the checks that apply.
+    """
+    seen = describe_video(video)
+    asked = parse_prompt(prompt)
+    result = {"prompt": prompt, "asked": asked, **seen}
+    for key in CHECKS:
+        want = asked[key]
+        if key == "speed" and asked["direction"] in (None, "still"):
+            want = None
+        if key == "direction" and seen["frames"] == 1:
+            want = None  # an image has no motion to judge
+        result[f"{key}_correct"] = None if want is None else seen[key] == want
+    applied = [result[f"{k}_correct"] for k in CHECKS if result[f"{k}_correct"] is not None]
+    result["all_correct"] = bool(applied) and all(applied)
+    return result
+
+
+def accuracies(results: Iterable[dict]) -> dict[str, float | None]:
+    """Share of correct checks per attribute (over the results where it applies), ``all``, and the
+    mean temporal consistency."""
+    results = list(results)
+    out: dict[str, float | None] = {}
+    for key in (*CHECKS, "all"):
+        vals = [r[f"{key}_correct"] for r in results if r.get(f"{key}_correct") is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    consistency = [r["temporal_consistency"] for r in results]
+    out["temporal_consistency"] = float(np.mean(consistency)) if results else None
+    out["count"] = len(results)
+    return out
+
+
+def evaluate_folder(folder) -> dict:
+    """Evaluate every video/GIF/image in ``folder`` against its same-named ``.txt`` prompt.
+
+    Returns ``{"results": [{"file", ...evaluate_video fields}], "accuracy": accuracies(...),
+    "skipped": [{"file", "reason"}]}`` (files without a prompt or that cannot be read).
+    """
+    from pathlib import Path
+
+    from pyramidflow.io.read import MEDIA_SUFFIXES, VideoReadError, read_video
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder not found: {folder}")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
+    if not files:
+        kinds = ", ".join(sorted(MEDIA_SUFFIXES))
+        raise FileNotFoundError(f"no video files in {folder} (looked for {kinds})")
+    results, skipped = [], []
+    for path in files:
+        prompt_file = path.with_suffix(".txt")
+        if not prompt_file.is_file():
+            skipped.append({"file": path.name, "reason": f"no prompt file {prompt_file.name}"})
+            continue
+        try:
+            video, _ = read_video(path)
+        except VideoReadError as err:
+            skipped.append({"file": path.name, "reason": str(err.reason)})
+            continue
+        prompt = prompt_file.read_text(encoding="utf-8", errors="replace").strip()
+        results.append({"file": path.name, **evaluate_video(video, prompt)})
+    return {"results": results, "accuracy": accuracies(results), "skipped": skipped}
