@@ -163,7 +163,7 @@ def _iter_pil(path: Path, kind: str, size) -> Iterator[tuple[float, np.ndarray]]
                 frame = img.convert("RGB")
                 if size is not None:
                     frame = frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-                yield t, np.asarray(frame)
+                yield t, np.array(frame)  # a writable copy
                 t += d
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
         raise VideoReadError(path, "corrupt or truncated", str(err)) from err

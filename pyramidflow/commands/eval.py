@@ -1,0 +1,49 @@
+"""``pyramidflow eval``: judge every video in a folder against its same-named .txt prompt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+COLUMNS = ("color", "shape", "direction", "speed", "background")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="judge generated shapes videos against their prompts",
+        description="Evaluate every video/GIF/image in DIR against the prompt in its same-named .txt "
+        "file with the weight-free shapes evaluator (docs/evaluation.md); print a table or JSON.",
+    )
+    p.add_argument("--videos", required=True, metavar="DIR", help="folder of videos with .txt prompts")
+    p.add_argument("--json", action="store_true", help="print per-video results and accuracies as JSON")
+    p.set_defaults(func=run)
+
+
+def _mark(value) -> str:
+    return "-" if value is None else ("ok" if value else "NO")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyramidflow.eval import evaluate_folder
+
+    report = evaluate_folder(args.videos)
+    if args.json:
+        print(json.dumps(report, indent=1, default=float))
+        return 0
+    rows = [("file", *COLUMNS, "consistency", "seen")]
+    for r in report["results"]:
+        seen = " ".join(str(r[k]) for k in ("color", "shape", "direction") if r[k]) + f" / {r['background']}"
+        rows.append((r["file"], *(_mark(r[f"{k}_correct"]) for k in COLUMNS),
+                     f"{r['temporal_consistency']:.3f}", seen))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    acc = report["accuracy"]
+    parts = [f"{k} {acc[k]:.3f}" for k in (*COLUMNS, "all") if acc[k] is not None]
+    if acc["temporal_consistency"] is not None:
+        parts.append(f"consistency {acc['temporal_consistency']:.3f}")
+    print(f"accuracy over {acc['count']} videos: " + ", ".join(parts))
+    for s in report["skipped"]:
+        print(f"skipped {s['file']}: {s['reason']}")
+    return 0
