@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pyramidflow.commands.flops",
     "pyramidflow.commands.train_vae",
     "pyramidflow.commands.cache_latents",
+    "pyramidflow.commands.data",
+    "pyramidflow.commands.eval",
 )
 
 # Exceptions that mean "bad input": printed as one line, exit status 2.
