@@ -157,14 +157,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--parts", default="throughput,memory,cache",
+                    help="comma-separated subset of: throughput, memory, cache")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3 quick, 7 full)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    quick = args.quick
+    quick, parts = args.quick, set(args.parts.split(","))
+    repeats = args.repeats or (3 if quick else 7)
     result = dict(
         machine=f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads",
-        throughput=throughput(["small"] if quick else list(SIZES), 3 if quick else 7),
-        attention_memory=attention_memory([2048, 4096] if quick else [4096, 8192, 16384], 8, args.threads),
-        history_cache=history_cache(2 if quick else 10, 4 if quick else 8, 1 if quick else 3),
+        throughput=throughput(["small"] if quick else list(SIZES), repeats) if "throughput" in parts else [],
+        attention_memory=(attention_memory([2048, 4096] if quick else [4096, 8192, 16384], 8, args.threads)
+                          if "memory" in parts else []),
+        history_cache=(history_cache(2 if quick else 10, 4 if quick else 8, 1 if quick else 3)
+                       if "cache" in parts else None),
     )
     if args.json:
         print(json.dumps(result, indent=1))
@@ -183,6 +189,8 @@ def main() -> None:
         print(f"{r['tokens']:>8}{r['units']:>6}{r['mask_mib']:>10.0f}{r['dense_mib']:>10.0f}"
               f"{r['grouped_mib']:>12.0f}{r['dense_s']:>9.3f}{r['grouped_s']:>10.3f}")
     h = result["history_cache"]
+    if h is None:
+        return
     print(f"\nHistory cache: {h['history_units']} history units, {h['stages']} stages x {h['steps_per_stage']} "
           f"steps, history tokens per stage {h['history_tokens']}, current {h['current_tokens']}")
     print(f"recompute every step {h['recompute_s']:.2f} s, cached {h['cached_s']:.2f} s, "

@@ -220,7 +220,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if cache is not None:
             k_units = torch.cat((cache.units.to(tok.units.device), tok.units))
             k_samples = torch.cat((torch.zeros_like(cache.units, device=tok.units.device), tok.samples))
-        self_layout = AttentionLayout(tok.samples, tok.units, k_samples, k_units)
+        single = cache is None and len(tok.grids) == 1  # one segment: everyone sees everyone
+        self_layout = None if single else AttentionLayout(tok.samples, tok.units, k_samples, k_units)
         cross_layout = None
         if text_samples is not None:
             cross_layout = AttentionLayout(tok.samples, tok.units, text_samples,
