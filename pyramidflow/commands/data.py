@@ -103,7 +103,15 @@ def run_preview(args: argparse.Namespace) -> int:
         data = ShapesDataset(args.size, args.frames, seed=args.seed, length=args.num)
     else:
         data = _video_dataset(args)
-    items = [data[i] for i in range(min(args.num, len(data)))]
+    items, seen = [], set()
+    for i in range(len(data)):  # distinct clips: a skipped file's slot repeats the next good clip
+        item = data[i]
+        key = (item.get("path"), float(item["meta"].get("start", i)), item["text"])
+        if key not in seen:
+            seen.add(key)
+            items.append(item)
+        if len(items) == args.num:
+            break
     path = contact_sheet([it["video"] for it in items], [it["text"] for it in items], args.out)
     print(f"wrote {path} ({len(items)} clips)")
     return 0

@@ -9,8 +9,9 @@ millisecond per frame (``bench/bench_data.py``).
 
 Geometry (pixels, x right, y down): the shape's bounding box has side ``2 r`` with
 ``r = object_scale * min(H, W) / 2``; ``positions[t]`` is the box centre. A moving shape covers
-``SPEEDS[speed]`` of the free range ``min(H, W) - 2 r`` over the clip, i.e.
-``speed_px = SPEEDS[speed] * (min(H, W) - 2 r) / (T - 1)`` pixels per frame.
+``SPEEDS[speed]`` of the free range ``min(H, W) - 2 r`` in ``travel_frames`` frames (default: the
+clip, ``T - 1``), i.e. ``speed_px = SPEEDS[speed] * (min(H, W) - 2 r) / travel_frames`` pixels per
+frame. Fewer travel frames than the clip need ``bounce=True``.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class ShapesDataset(torch.utils.data.Dataset):
             ``num_frames`` and ``length``.
         split: ``"train"``, ``"val"`` (same distribution, other random stream) or ``"holdout"``
             (only combinations matching ``holdout``).
+        fps: frame rate stored in ``meta`` (for writing files; motion is defined per frame).
+        object_scale: side of the shape's box over the shorter frame side (0.34: 11 px at 32x32).
+        bounce: start anywhere and reflect off the borders (the caption names the first
+            direction); ``travel_frames``: frames to cover ``SPEEDS[speed]`` of the free range.
         holdout: attribute combinations (dicts such as ``{"color": "red", "shape": "circle"}``)
             never produced by the train and val splits; the holdout split produces only those.
         colors/shapes/directions/speeds/backgrounds/templates: subsets of the vocabularies
@@ -123,6 +128,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         fps: float = 8.0,
         object_scale: float = 0.34,
         bounce: bool = False,
+        travel_frames: int | None = None,
         holdout: Iterable[Mapping[str, str]] = (),
         colors: Iterable[str] | None = None,
         shapes: Iterable[str] | None = None,
@@ -146,6 +152,12 @@ class ShapesDataset(torch.utils.data.Dataset):
         if not 0.05 <= object_scale <= 0.8:
             raise PyramidflowError(f"object_scale must be in [0.05, 0.8], got {object_scale}")
         self.seed, self.split, self.fps, self.bounce = int(seed), split, float(fps), bool(bounce)
+        self.travel_frames = max(self.num_frames - 1, 1) if travel_frames is None else int(travel_frames)
+        if self.travel_frames < 1 or (self.travel_frames < self.num_frames - 1 and not self.bounce):
+            raise PyramidflowError(
+                f"travel_frames={travel_frames} must be >= 1, and >= num_frames - 1 = "
+                f"{self.num_frames - 1} unless bounce=True (the path would leave the frame)"
+            )
         self.radius = object_scale * min(self.height, self.width) / 2
         self.templates = _check_subset("templates", templates, range(len(TEMPLATES)))
         vocab = {
@@ -187,7 +199,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         r, T = self.radius, self.num_frames
         free = min(self.height, self.width) - 2 * r
         moving = T > 1 and combo["direction"] != "still"
-        speed_px = SPEEDS[combo["speed"]] * free / (T - 1) if moving else 0.0
+        speed_px = SPEEDS[combo["speed"]] * free / self.travel_frames if moving else 0.0
         velocity = np.array(DIRECTIONS[combo["direction"]]) * speed_px if T > 1 else np.zeros(2)
         travel = velocity * (T - 1)
         lo = np.full(2, r)

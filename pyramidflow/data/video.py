@@ -206,7 +206,7 @@ def folder_entries(folder) -> list[Entry]:
         entries.append(Entry(str(path), text))
     if uncaptioned:
         warnings.warn(f"{uncaptioned} files in {folder} have no .txt caption; their text is empty",
-                      SkippedInputWarning, stacklevel=3)
+                      UserWarning, stacklevel=3)
     return entries
 
 

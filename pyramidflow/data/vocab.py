@@ -97,13 +97,14 @@ def make_caption(
     return re.sub(r"\s+", " ", text).replace(" ,", ",").strip()
 
 
-# Direction phrases, longest first so "up and to the left" wins over "up" and "left".
+# Hyphenated names, then phrases longest first, so "down-left" and "up and to the left" win over
+# "up" and "left".
 _DIRECTION_PATTERNS: list[tuple[str, re.Pattern]] = [
-    (name, re.compile(r"\b" + re.escape(phrase) + r"\b"))
-    for name, phrase in sorted(DIRECTION_PHRASES.items(), key=lambda kv: -len(kv[1]))
-] + [
     (name, re.compile(r"\b" + re.escape(name) + r"\b"))
     for name in ("up-left", "up-right", "down-left", "down-right")
+] + [
+    (name, re.compile(r"\b" + re.escape(phrase) + r"\b"))
+    for name, phrase in sorted(DIRECTION_PHRASES.items(), key=lambda kv: -len(kv[1]))
 ]
 _STILL = re.compile(r"\b(still|static|stationary|not moving|motionless)\b")
 _BACKGROUND = re.compile(r"\b(" + "|".join(BACKGROUNDS) + r")\s+background\b|\bbackground\s+(?:is\s+)?("

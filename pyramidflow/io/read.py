@@ -2,8 +2,8 @@
 
 Backends: PyAV (bundled FFmpeg) for video containers (mp4, mkv, webm, avi, mov, ...), Pillow for
 GIF (frame delays honoured, so merged duplicate frames come back) and still images (png/jpg/...,
-one frame). Everything is resampled to a constant rate by nearest source frame in time: output
-frame k shows the source frame nearest to ``start + k / fps`` seconds.
+one frame). Everything is resampled to a constant rate: output frame k shows the source frame on
+screen at ``start + k / fps`` seconds (sample and hold, as a player would).
 
 Every failure is a :class:`VideoReadError` whose ``reason`` is a short category ("missing",
 "empty", "unreadable", "no video stream", "corrupt or truncated", "too short"), so datasets can
@@ -187,7 +187,8 @@ def read_frames(
 ) -> tuple[np.ndarray, float]:
     """Frames (T, H, W, 3) uint8 resampled to ``fps`` (native rate when ``None``) and that rate.
 
-    Output frame k is the source frame nearest in time to ``start + k / fps``; with ``num_frames``
+    Output frame k is the source frame on screen at ``start + k / fps`` (the latest one that began
+    at or before it; the last frame lasts one source period); with ``num_frames``
     exactly that many are returned or :class:`VideoReadError` ("too short") is raised.
     """
     info = info or probe(path)
@@ -198,19 +199,21 @@ def read_frames(
         frame = next(iter(iter_frames(path, size=size)))[1]
         return frame[None], rate
     out: list[np.ndarray] = []
+    tol = 0.01 / info.fps  # timestamps are rounded to the container's time base
+
+    def fill(until: float, frame: np.ndarray) -> None:  # targets before ``until`` show ``frame``
+        while (num_frames is None or len(out) < num_frames) and start + len(out) / rate < until - tol:
+            out.append(frame)
+
     prev_t, prev = None, None
     for t, img in iter_frames(path, start=start, size=size):
-        if prev is not None:  # targets nearer to prev than to this frame get prev
-            mid = (prev_t + t) / 2
-            while (num_frames is None or len(out) < num_frames) and start + len(out) / rate < mid:
-                out.append(prev)
+        if prev is not None:
+            fill(t, prev)
         if num_frames is not None and len(out) >= num_frames:
             break
         prev_t, prev = t, img
-    if prev is not None and (num_frames is None or len(out) < num_frames):
-        end = prev_t + 0.5 / info.fps  # the last frame is shown for one source frame period
-        while (num_frames is None or len(out) < num_frames) and start + len(out) / rate < end - 1e-9:
-            out.append(prev)
+    if prev is not None:
+        fill(prev_t + 1.0 / info.fps, prev)  # the last frame is shown for one source period
     if not out or (num_frames is not None and len(out) < num_frames):
         need = f", need {num_frames}" if num_frames else ""
         raise VideoReadError(path, "too short", f"{len(out)} frames at {rate:g} fps from {start:g} s{need}")

@@ -1,0 +1,192 @@
+"""Real-video datasets: decoding, fps resampling, resize + crop, clips with a stride, images, bad
+files skipped with one warning and counted, manifests, workers, and the data CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyramidflow.cli import main
+from pyramidflow.data.manifest import ManifestDataset, write_manifest
+from pyramidflow.data.video import SkippedInputWarning, VideoFolderDataset
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.io import write_video
+
+RED, GREEN = (0.9, 0.1, 0.1), (0.1, 0.8, 0.1)
+
+
+def counter_clip(frames: int, h: int = 32, w: int = 32) -> torch.Tensor:
+    """Frame k is uniform gray 8 k / 255 (a frame counter that survives compression)."""
+    levels = torch.arange(frames, dtype=torch.float32) * 8 / 255
+    return levels.view(-1, 1, 1, 1).expand(frames, 3, h, w).clone()
+
+
+def banner_clip(frames: int = 6) -> torch.Tensor:
+    """48x64 frames: green, with a red band over the top 4 rows and the left 8 columns."""
+    x = torch.tensor(GREEN).view(1, 3, 1, 1).repeat(frames, 1, 48, 64)
+    x[:, :, :4, :] = torch.tensor(RED).view(1, 3, 1, 1)
+    x[:, :, :, :8] = torch.tensor(RED).view(1, 3, 1, 1)
+    return x
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    good = {
+        "count24.mp4": (counter_clip(30), 24),  # 1.25 s
+        "banner.mp4": (banner_clip(), 6),
+        "anim.gif": (counter_clip(10), 10),
+        "still.png": (banner_clip(1), 1),
+    }
+    for name, (clip, fps) in good.items():
+        write_video(root / name, clip, fps=fps)
+        (root / name).with_suffix(".txt").write_text(f"caption of {name}\n")
+    for name in BAD:
+        (root / name).with_suffix(".txt").write_text("bad\n")
+    (root / "empty.mp4").write_bytes(b"")
+    mp4 = (root / "count24.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(mp4[: len(mp4) // 2])
+    gif = (root / "anim.gif").read_bytes()
+    (root / "cut.gif").write_bytes(gif[: len(gif) // 3])
+    write_video(root / "short.mp4", counter_clip(2), fps=8)
+    return root
+
+
+BAD = {"empty.mp4", "cut.mp4", "cut.gif", "short.mp4"}
+# Skips are checked explicitly where they matter; elsewhere their warnings are noise.
+pytestmark = pytest.mark.filterwarnings("ignore::pyramidflow.data.video.SkippedInputWarning")
+
+
+def test_fps_resampling_picks_the_right_source_frames(media):
+    ds = VideoFolderDataset(media, frames=8, size=32, fps=8, images="skip")
+    item = next(ds[i] for i in range(len(ds)) if ds[i]["path"].endswith("count24.mp4"))
+    levels = item["video"].mean((1, 2, 3)) * 255 / 8  # source frame index of each output frame
+    assert np.allclose(levels.numpy(), 3 * np.arange(8), atol=0.5)  # 24 -> 8 fps: every third frame
+    assert item["meta"]["fps"] == 8 and item["meta"]["source_fps"] == 24
+    assert item["text"] == "caption of count24.mp4"
+
+
+def test_resize_shorter_side_and_centre_crop(media):
+    ds = VideoFolderDataset(media, frames=4, size=32)
+    item = next(ds[i] for i in range(len(ds)) if ds[i]["path"].endswith("banner.mp4"))
+    v = item["video"]  # 48x64 -> 32x43 -> central 32x32
+    assert v.shape == (4, 3, 32, 32)
+    red, green = torch.tensor(RED).view(3, 1), torch.tensor(GREEN).view(3, 1)
+    assert (v[0, :, 0, 8:24] - red).abs().max() < 0.12  # the top band survives (rows scale 2/3)
+    assert (v[0, :, 16, 2:30] - green).abs().max() < 0.12  # the left band is cropped away
+    assert (v[0, :, 16:, 16] - green).abs().max() < 0.12
+
+
+def test_clips_with_a_stride(media):
+    ds = VideoFolderDataset(media, frames=4, size=16, fps=8, stride=3, images="skip")
+    starts = [s for k, s in ds.clips if ds.entries[k].path.endswith("count24.mp4")]
+    assert starts == [0, 3, 6]  # 1.25 s at 8 fps = 10 frames -> starts 0, 3, 6
+    i = next(i for i, (k, s) in enumerate(ds.clips) if s == 6 and ds.entries[k].path.endswith("count24.mp4"))
+    levels = ds[i]["video"].mean((1, 2, 3)) * 255 / 8
+    assert np.allclose(levels.numpy(), 3 * np.arange(6, 10), atol=0.5)
+    assert ds[i]["meta"]["start"] == pytest.approx(0.75)
+
+
+def test_images_single_repeat_skip(media):
+    def image_item(**kw):
+        ds = VideoFolderDataset(media, frames=5, size=16, **kw)
+        return [ds[i] for i in range(len(ds)) if ds[i]["path"].endswith(".png")]
+
+    assert image_item()[0]["video"].shape == (1, 3, 16, 16)
+    rep = image_item(images="repeat")[0]["video"]
+    assert rep.shape == (5, 3, 16, 16) and torch.equal(rep[0], rep[4])
+    assert image_item(images="skip") == []
+
+
+def test_bad_files_are_skipped_with_one_warning_each_and_counted(media):
+    ds = VideoFolderDataset(media, frames=8, size=16, fps=8)
+    with pytest.warns(SkippedInputWarning) as record:
+        items = [ds[i] for i in range(len(ds))]
+        again = [ds[i] for i in range(len(ds))]  # no second warning for the same file
+    messages = [str(w.message) for w in record if issubclass(w.category, SkippedInputWarning)]
+    assert len(messages) == len(BAD)
+    for name in BAD:
+        assert sum(name in m for m in messages) == 1
+    assert ds.skipped.count == len(BAD)
+    reasons = ds.skipped.reasons()
+    assert reasons["empty"] == 1 and reasons["too short"] >= 1 and sum(reasons.values()) == len(BAD)
+    assert set(reasons) <= {"empty", "unreadable", "corrupt or truncated", "too short"}
+    # every item is a real clip from a good file (bad ones replaced by the next usable clip)
+    for item in items + again:
+        assert item["path"].rsplit("/", 1)[1] not in BAD
+        assert item["video"].shape in ((8, 3, 16, 16), (1, 3, 16, 16))
+        assert torch.isfinite(item["video"]).all()
+
+
+def test_check_reports_every_file(media):
+    report = VideoFolderDataset(media, frames=8, size=16, fps=8).check()
+    assert report["ok"] == 4 and report["skipped"] == len(BAD)
+    assert sum(report["reasons"].values()) == len(BAD)
+    assert {f["path"].rsplit("/", 1)[1] for f in report["files"]} == BAD
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_manifest_rows_relative_paths_and_bad_rows(media, tmp_path, suffix):
+    rows = [{"video": str(media / "count24.mp4"), "text": "absolute"},
+            {"video": "../" + media.name + "/anim.gif", "text": "relative"},
+            {"video": "nowhere.mp4", "text": "missing"}]
+    manifest = write_manifest(media.parent / f"sub{suffix[1:]}" / f"m{suffix}", rows)
+    if suffix == ".jsonl":
+        with open(manifest, "a") as fh:
+            fh.write("{broken json\n")
+    with pytest.warns(SkippedInputWarning, match="nowhere.mp4"):
+        ds = ManifestDataset(manifest, frames=6, size=16, fps=8)
+    assert len(ds) == 2 and [ds[0]["text"], ds[1]["text"]] == ["absolute", "relative"]
+    assert ds[1]["video"].shape == (6, 3, 16, 16)
+    expected = {"missing": 1} | ({"malformed row": 1} if suffix == ".jsonl" else {})
+    assert ds.skipped.reasons() == expected
+
+
+def test_workers_decode_in_parallel(media):
+    ds = VideoFolderDataset(media, frames=4, size=16, fps=8, images="repeat")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert sum(len(b["video"]) for b in batches) == len(ds)
+    assert batches[0]["video"].shape[1:] == (4, 3, 16, 16)
+
+
+def test_bad_arguments(media, tmp_path):
+    with pytest.raises(PyramidflowError, match="single"):
+        VideoFolderDataset(media, images="tile")
+    with pytest.raises(FileNotFoundError):
+        VideoFolderDataset(tmp_path / "nope")
+    with pytest.raises(PyramidflowError, match="no video or image files"):
+        VideoFolderDataset(tmp_path)
+    with pytest.raises(PyramidflowError, match=".jsonl or .csv"):
+        (tmp_path / "m.txt").write_text("x")
+        ManifestDataset(tmp_path / "m.txt")
+
+
+def test_cli_data_check(media, tmp_path, capsys):
+    rows = [{"video": n, "text": ""} for n in ("count24.mp4", "banner.mp4", "empty.mp4", "cut.mp4")]
+    manifest = write_manifest(media / "check.jsonl", rows)
+    args = ["data", "check", "--manifest", str(manifest), "--frames", "4", "--size", "16"]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] == 2 and report["skipped"] == 2 and report["reasons"]["empty"] == 1
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 entries usable" in out and "empty.mp4: empty" in out
+    bad = write_manifest(tmp_path / "bad.jsonl", [{"video": str(media / "empty.mp4")}])
+    assert main(["data", "check", "--manifest", str(bad), "--frames", "4", "--size", "16"]) == 1
+    assert main(["data", "check", "--manifest", str(tmp_path / "none.jsonl")]) == 2
+    assert "manifest not found" in capsys.readouterr().err
+
+
+def test_cli_data_preview(media, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    assert main(["data", "preview", "--dataset", "shapes", "--out", str(out), "--num", "3",
+                 "--frames", "4", "--size", "32"]) == 0
+    assert Image.open(out).size[0] == 4 + 4 * (96 + 4)
+    out2 = tmp_path / "grid2.png"
+    assert main(["data", "preview", "--folder", str(media), "--out", str(out2), "--frames", "4",
+                 "--size", "16"]) == 0
+    assert out2.stat().st_size > 1000 and "4 clips" in capsys.readouterr().out
