@@ -1,0 +1,157 @@
+"""Evaluator validity (real clips pass, shuffled prompts fall to chance, corruption degrades it
+steadily), the descriptor Fréchet distance, and ``pyramidflow eval``."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from pyramidflow.cli import main
+from pyramidflow.data.shapes import ShapesDataset
+from pyramidflow.eval import (
+    DESCRIPTOR_NAMES,
+    accuracies,
+    clip_descriptor,
+    evaluate_video,
+    frechet_distance,
+    frechet_video_distance,
+)
+
+N = 64
+CHECKS = ("color", "shape", "direction", "speed", "background")
+
+
+def clips(size=32, frames=4, seed=11, n=N, **kw):
+    ds = ShapesDataset(size, frames, seed=seed, length=n, **kw)
+    return [ds[i] for i in range(n)]
+
+
+def corrupt(video: torch.Tensor, noise: float, blur: float, seed: int) -> torch.Tensor:
+    x = video.numpy()
+    if blur:
+        x = ndimage.gaussian_filter(x, (0, 0, blur, blur))
+    g = np.random.default_rng(seed)
+    return torch.from_numpy(np.clip(x + noise * g.standard_normal(x.shape), 0, 1).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def real():
+    return clips()
+
+
+@pytest.mark.parametrize("size,frames", [(32, 4), (64, 12)])
+def test_real_clips_score_at_least_095_everywhere(size, frames):
+    items = clips(size, frames, n=48)
+    acc = accuracies(evaluate_video(it["video"], it["text"]) for it in items)
+    for key in (*CHECKS, "all"):
+        assert acc[key] >= 0.95, (key, acc)
+    assert acc["temporal_consistency"] >= 0.9
+
+
+def test_still_clips_images_and_empty_frames():
+    for it in clips(32, 5, n=12, directions=["still", "left"]):
+        r = evaluate_video(it["video"], it["text"])
+        assert r["direction_correct"] and r["direction"] == it["meta"]["direction"]
+        assert r["speed_correct"] is (None if it["meta"]["direction"] == "still" else True)
+    for it in clips(32, 1, n=12):
+        r = evaluate_video(it["video"], it["text"])
+        assert r["direction_correct"] is None and r["color_correct"] and r["shape_correct"]
+    blank = evaluate_video(torch.zeros(4, 3, 32, 32), "a red circle moving left on a black background")
+    assert blank["detected_frames"] == 0 and blank["temporal_consistency"] == 0.0
+    assert blank["background_correct"] and not blank["color_correct"] and not blank["all_correct"]
+    moving = clips(32, 5, n=1, directions=["left"])[0]
+    still_prompt = f"a {moving['meta']['color']} {moving['meta']['shape']} staying still"
+    r = evaluate_video(moving["video"], still_prompt)
+    assert r["direction_correct"] is False  # a moving clip judged against a still prompt
+
+
+def test_shuffled_prompts_fall_to_chance(real):
+    perm = np.random.default_rng(0).permutation(N)
+    results = [evaluate_video(real[i]["video"], real[j]["text"]) for i, j in enumerate(perm)]
+    acc = accuracies(results)
+    for key in CHECKS:
+        values = [it["meta"][key] for it in real]
+        if key == "speed":  # judged for moving prompts only: chance among those
+            values = [v for v in values if v]
+        freq = np.array(list(Counter(values).values())) / len(values)
+        chance = float((freq**2).sum())  # P(two random clips agree)
+        tol = 4 * np.sqrt(chance * (1 - chance) / N)
+        assert abs(acc[key] - chance) <= tol + 0.02, (key, acc[key], chance)
+    assert acc["all"] < 0.1
+
+
+def test_accuracy_degrades_steadily_with_noise_and_blur(real):
+    levels = [(0.0, 0.0), (0.1, 0.6), (0.2, 1.2), (0.3, 1.8), (0.5, 2.6)]  # (noise sigma, blur sigma px)
+    alls = []
+    for k, (noise, blur) in enumerate(levels):
+        results = [evaluate_video(corrupt(it["video"], noise, blur, k * N + i), it["text"])
+                   for i, it in enumerate(real)]
+        alls.append(accuracies(results)["all"])
+    assert alls[0] >= 0.95 and alls[1] >= 0.85  # robust to mild corruption
+    assert all(b <= a + 0.03 for a, b in zip(alls, alls[1:], strict=False)), alls  # never improves
+    assert alls[-1] <= 0.5 and alls[-1] < alls[2] < alls[0], alls
+
+
+def test_descriptor_is_documented_and_finite(real):
+    d = clip_descriptor(real[0]["video"])
+    assert d.shape == (len(DESCRIPTOR_NAMES),) == (20,) and np.isfinite(d).all()
+    assert d[:3] == pytest.approx(real[0]["video"].mean((0, 2, 3)).numpy(), abs=1e-6)
+    assert np.isfinite(clip_descriptor(real[0]["video"][:1])).all()  # one frame
+
+
+def test_frechet_distance_matches_closed_forms():
+    assert frechet_distance(np.zeros(3), np.eye(3), np.ones(3), 4 * np.eye(3)) == pytest.approx(6.0)
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)  # dm^2 + ds^2
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    s1, s2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)
+    w, v = np.linalg.eigh(s1)
+    r1 = v @ np.diag(np.sqrt(w)) @ v.T
+    w2 = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    expected = np.trace(s1) + np.trace(s2) - 2 * np.sqrt(w2).sum()
+    assert frechet_distance(np.zeros(4), s1, np.zeros(4), s2) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(np.zeros(4), s1, np.zeros(4), s1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_near_zero_for_real_and_growing_with_corruption():
+    # the sampling bias of a Fréchet distance shrinks like 1/n: 160 clips per set
+    ref = [it["video"] for it in clips(seed=11, n=160)]
+    other = [it["video"] for it in clips(seed=12, n=160)]
+    base = frechet_video_distance(ref, other)
+    def fd_corrupted(noise, blur):
+        return frechet_video_distance(ref, [corrupt(v, noise, blur, i) for i, v in enumerate(other)])
+
+    noisy = [fd_corrupted(s, 0) for s in (0.05, 0.1, 0.2)]
+    blurred = [fd_corrupted(0, s) for s in (1, 2, 3)]
+    assert base < 0.25 * min(noisy[0], blurred[1])
+    assert noisy == sorted(noisy) and blurred == sorted(blurred)
+    assert noisy[-1] > 10 * base and blurred[-1] > 5 * base
+    frozen = [v[:1].repeat(len(v), 1, 1, 1) for v in other]  # no motion at all
+    assert frechet_video_distance(ref, frozen) > 10 * base
+
+
+def test_cli_eval_table_and_json(tmp_path, capsys):
+    folder = tmp_path / "gen"
+    args = ["data", "make-shapes", "--out", str(folder), "--num", "4", "--frames", "4", "--size", "32"]
+    assert main(args) == 0
+    capsys.readouterr()
+    wrong = (folder / "00001.txt").read_text()
+    for color in ("red", "green", "blue", "yellow", "magenta", "cyan"):
+        if color in wrong:
+            wrong = wrong.replace(color, "green" if color != "green" else "red")
+            break
+    (folder / "00001.txt").write_text(wrong)
+    (folder / "00003.txt").unlink()
+    assert main(["eval", "--videos", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "00001.mp4  NO" in out and "00000.mp4  ok" in out and "skipped 00003.mp4" in out
+    assert "accuracy over 3 videos: color 0.667" in out
+    assert main(["eval", "--videos", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in report["results"]] == ["00000.mp4", "00001.mp4", "00002.mp4"]
+    assert report["accuracy"]["color"] == pytest.approx(2 / 3) and report["accuracy"]["shape"] == 1.0
+    assert report["results"][1]["color_correct"] is False
+    assert main(["eval", "--videos", str(tmp_path / "nothing")]) == 2
