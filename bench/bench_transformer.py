@@ -73,23 +73,30 @@ def throughput(sizes, repeats):
 
 
 _MEM_CHILD = r"""
-import resource, sys, torch
+import sys, time, torch
 from pyramidflow.models.attention import AttentionLayout, attend
+
+def status(key):  # kB
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+
 torch.set_num_threads(int(sys.argv[4]))
 s, units, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 heads, dim = 8, 64
-q = torch.randn(1, s, heads, dim); k = torch.randn(1, s, heads, dim); v = torch.randn(1, s, heads, dim)
+q, k, v = (torch.randn(1, s, heads, dim) for _ in range(3))
 ids = torch.arange(s) * units // s
 zero = torch.zeros_like(ids)
 layout = AttentionLayout(zero, ids, zero, ids)
 if mode == "dense":
     layout.kind = "dense"
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-import time; t0 = time.perf_counter()
+attend(q[:, :256], k[:, :256], v[:, :256], None, "sdpa")  # warm-up
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident size (Linux)
+base = status("VmRSS")
+t0 = time.perf_counter()
 out = attend(q, k, v, layout, "sdpa")
 dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) / 1024, dt)
+print((status("VmHWM") - base) / 1024, dt)
 """
 
 
@@ -182,7 +189,7 @@ def main() -> None:
     for r in result["throughput"]:
         print(f"{r['size']:8}{r['width']:>6}{r['layers']:>7}{r['tokens']:>8}{r['wan_tok_s']:>11.0f}"
               f"{r['ours_tok_s']:>11.0f}{r['ratio']:>7.2f}{r['max_abs_diff']:>11.1e}")
-    print("\nBlock-causal attention, 8 heads x 64, one call: peak memory over q/k/v (MiB) and time (s)")
+    print("\nBlock-causal attention, 8 heads x 64, one call: peak resident memory above q/k/v (MiB), time (s)")
     print(f"{'tokens':>8}{'units':>6}{'mask MiB':>10}{'dense MiB':>10}{'grouped MiB':>12}{'dense s':>9}"
           f"{'grouped s':>10}")
     for r in result["attention_memory"]:

@@ -191,3 +191,14 @@ def test_unit_velocity_with_cache_drives_autoregressive_generation(model):
     assert videos[0].shape == (1, 4, 3, 8, 8)
     assert (videos[0] - videos[1]).abs().max() < 1e-4
     assert len(calls) == 2 * 2  # once per stage of units 1 and 2, not once per step
+
+
+def test_coarser_segments_sit_at_block_centres():
+    from pyramidflow.models.rope import grid_positions
+    from pyramidflow.pyramid.temporal import block_centres
+
+    seg = TokenSegment.at_level(torch.zeros(1, 4, 1, 6, 10), 0.0, unit=3, levels_coarser=2, frame_offset=3)
+    pos = grid_positions((1, 3, 5), seg.offset, seg.scale).reshape(1, 3, 5, 3)
+    assert torch.equal(pos[0, :, 0, 1], block_centres(3, 2))
+    assert torch.equal(pos[0, 0, :, 2], block_centres(5, 2))
+    assert (pos[..., 0] == 3).all()
