@@ -144,7 +144,7 @@ def _iter_av(path: Path, start: float, size) -> Iterator[tuple[float, np.ndarray
             kwargs.update(width=size[0], height=size[1], interpolation="AREA")
         for i, frame in enumerate(container.decode(stream)):
             t = frame.time - origin if frame.time is not None else i / rate
-            yield t, frame.to_ndarray(**kwargs)
+            yield t, lambda frame=frame: frame.to_ndarray(**kwargs)
     except av.error.FFmpegError as err:
         raise VideoReadError(path, "corrupt or truncated", str(err)) from err
     finally:
@@ -163,18 +163,26 @@ def _iter_pil(path: Path, kind: str, size) -> Iterator[tuple[float, np.ndarray]]
                 frame = img.convert("RGB")
                 if size is not None:
                     frame = frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-                yield t, np.array(frame)  # a writable copy
+                arr = np.array(frame)  # a writable copy
+                yield t, lambda arr=arr: arr
                 t += d
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
         raise VideoReadError(path, "corrupt or truncated", str(err)) from err
 
 
-def iter_frames(path, start: float = 0.0, size: tuple[int, int] | None = None):
-    """(time in seconds, frame (H, W, 3) uint8) in display order; ``size`` = (width, height) rescale."""
+def _iter_lazy(path, start: float, size):
+    """(time in seconds, function returning the frame) in display order: frames that resampling
+    drops are decoded but never converted to RGB."""
     path = Path(path)
     _check_file(path)
     kind = _kind(path)
     return _iter_av(path, start, size) if kind == "video" else _iter_pil(path, kind, size)
+
+
+def iter_frames(path, start: float = 0.0, size: tuple[int, int] | None = None):
+    """(time in seconds, frame (H, W, 3) uint8) in display order; ``size`` = (width, height) rescale."""
+    for t, get in _iter_lazy(path, start, size):
+        yield t, get()
 
 
 def read_frames(
@@ -201,12 +209,14 @@ def read_frames(
     out: list[np.ndarray] = []
     tol = 0.01 / info.fps  # timestamps are rounded to the container's time base
 
-    def fill(until: float, frame: np.ndarray) -> None:  # targets before ``until`` show ``frame``
+    def fill(until: float, get) -> None:  # targets before ``until`` show frame ``get()``
+        frame = None
         while (num_frames is None or len(out) < num_frames) and start + len(out) / rate < until - tol:
+            frame = get() if frame is None else frame
             out.append(frame)
 
     prev_t, prev = None, None
-    for t, img in iter_frames(path, start=start, size=size):
+    for t, img in _iter_lazy(path, start, size):
         if prev is not None:
             fill(t, prev)
         if num_frames is not None and len(out) >= num_frames:
