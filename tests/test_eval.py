@@ -155,3 +155,17 @@ def test_cli_eval_table_and_json(tmp_path, capsys):
     assert report["accuracy"]["color"] == pytest.approx(2 / 3) and report["accuracy"]["shape"] == 1.0
     assert report["results"][1]["color_correct"] is False
     assert main(["eval", "--videos", str(tmp_path / "nothing")]) == 2
+
+
+def test_data_io_and_eval_import_no_model_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyramidflow.eval, pyramidflow.io, pyramidflow.data.shapes, pyramidflow.data.video, "
+        "pyramidflow.data.manifest, pyramidflow.commands.data, pyramidflow.commands.eval\n"
+        "print([m for m in sys.modules if m.startswith(('pyramidflow.models', 'pyramidflow.training', "
+        "'pyramidflow.pipelines', 'diffusers', 'transformers'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -47,7 +47,7 @@ MOVING_DIRECTIONS: tuple[str, ...] = tuple(d for d in DIRECTIONS if d != "still"
 
 # Speed = fraction of the free travel range (frame size minus object size) covered over the clip,
 # so motion is visible in a 4-frame 32x32 clip and a 16-frame clip still stays inside the frame.
-SPEEDS: dict[str, float] = {"slow": 0.45, "fast": 0.9}
+SPEEDS: dict[str, float] = {"slow": 0.4, "medium": 0.65, "fast": 0.9}
 
 # How directions and speeds are worded in captions.
 DIRECTION_PHRASES: dict[str, str] = {
@@ -60,7 +60,7 @@ DIRECTION_PHRASES: dict[str, str] = {
     "down-left": "down and to the left",
     "down-right": "down and to the right",
 }
-SPEED_ADVERBS: dict[str, str] = {"slow": "slowly", "fast": "quickly"}
+SPEED_ADVERBS: dict[str, str] = {"slow": "slowly", "medium": "steadily", "fast": "quickly"}
 
 # {color} {shape} {motion} {background}; {motion} is e.g. "moving quickly up and to the left",
 # "staying still", or "" for images.
