@@ -8,7 +8,7 @@ from diffusers import WanTransformer3DModel
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models import PyramidDiT
-from pyramidflow.models.rope import grid_positions, rotary_angles
+from pyramidflow.models.rope import grid_positions, grid_rotary, rotary_angles
 
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
             text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
@@ -108,3 +108,10 @@ def test_integer_rotary_angles_equal_wan_table():
     cos_ref, sin_ref = table(torch.zeros(1, 1, *size))  # (1, S, 1, head_dim), pairs repeated
     cos, sin = rotary_angles(grid_positions(size), head_dim)
     assert torch.equal(cos, cos_ref[0, :, 0, 0::2]) and torch.equal(sin, sin_ref[0, :, 0, 1::2])
+
+
+def test_per_axis_grid_rotary_equals_pointwise_angles():
+    size, offset, scale = (2, 3, 5), (4.0, 0.75, 1.5), (1.0, 4.0, 2.0)
+    cos, sin = grid_rotary(size, offset, scale, head_dim=16, theta=500.0)
+    ref_cos, ref_sin = rotary_angles(grid_positions(size, offset, scale), 16, theta=500.0)
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)

@@ -75,3 +75,34 @@ def grid_positions(
     ]
     mesh = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(mesh, dim=-1).reshape(-1, 3)
+
+
+def grid_rotary(
+    size: Sequence[int],
+    offset: Sequence[float],
+    scale: Sequence[float],
+    head_dim: int,
+    theta: float = 10000.0,
+    device=None,
+) -> tuple[Tensor, Tensor]:
+    """``rotary_angles(grid_positions(size, offset, scale), ...)`` computed per axis.
+
+    Only f + h + w coordinates are distinct, so cos/sin are evaluated per axis (as Wan's table
+    does) and broadcast to the (f * h * w, head_dim / 2) grid; the result is bit-identical.
+    """
+    if head_dim % 2:
+        raise PyramidflowError(f"head dimension must be even for rotary embedding, got {head_dim}")
+    freqs, axes = inverse_frequencies(head_dim, theta, device)
+    n = [int(v) for v in size]
+    cos_parts, sin_parts = [], []
+    for axis in range(3):
+        index = torch.arange(n[axis], dtype=torch.float64, device=device)
+        coords = float(offset[axis]) + float(scale[axis]) * index
+        angles = coords[:, None] * freqs[axes == axis]  # (n_axis, pairs of this axis)
+        shape = [1, 1, 1, angles.shape[1]]
+        shape[axis] = n[axis]
+        target = (*n, angles.shape[1])
+        cos_parts.append(angles.cos().float().view(shape).expand(target))
+        sin_parts.append(angles.sin().float().view(shape).expand(target))
+    half = head_dim // 2
+    return torch.cat(cos_parts, -1).reshape(-1, half), torch.cat(sin_parts, -1).reshape(-1, half)

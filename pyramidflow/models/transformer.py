@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.attention import BACKENDS, Attention, AttentionLayout
 from pyramidflow.models.embeddings import FeedForward, FP32LayerNorm, TimeTextEmbedding
-from pyramidflow.models.rope import grid_positions, rotary_angles
+from pyramidflow.models.rope import grid_rotary
 from pyramidflow.models.segments import TEXT_UNIT, HistoryCache, Modulation, TokenSegment
 
 
@@ -69,9 +69,9 @@ class PyramidDiTBlock(nn.Module):
 class _Tokens:
     """Patchified segments ready for the blocks (one sequence, possibly several samples)."""
 
-    def __init__(self, x, positions, timesteps, repeats, units, samples, grids):
+    def __init__(self, x, rope, timesteps, repeats, units, samples, grids):
         self.x = x  # (B, S, dim)
-        self.positions = positions  # (S, 3) float64
+        self.rope = rope  # cos, sin: (1, S, head_dim / 2) each
         self.timesteps = timesteps  # (B, M)
         self.repeats = repeats  # (M,) tokens per timestep entry
         self.units, self.samples = units, samples  # (S,) long each
@@ -167,8 +167,9 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         else:
             raise PyramidflowError(f"timestep must be a number, (B,) or (B, tokens)=({b}, {n}); "
                                    f"got {tuple(t.shape)}")
-        positions = grid_positions(grid, seg.offset, seg.scale, device=latent.device)
-        return x, positions, t, reps, grid + (n,)
+        cfg = self.config
+        rope = grid_rotary(grid, seg.offset, seg.scale, cfg.attention_head_dim, cfg.rope_theta, latent.device)
+        return x, rope, t, reps, grid + (n,)
 
     def _tokens(self, samples: Sequence[Sequence[TokenSegment]]) -> _Tokens:
         xs, pos, ts, reps, units, sids, grids = [], [], [], [], [], [], []
@@ -185,7 +186,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise PyramidflowError(f"all segments must have the same batch size, got {sorted(batches)}")
         x = torch.cat(xs, dim=1).contiguous()
         repeats = torch.tensor(reps, dtype=torch.long, device=x.device)
-        return _Tokens(x, torch.cat(pos), torch.cat(ts, dim=1), repeats, torch.cat(units), torch.cat(sids),
+        rope = (torch.cat([c for c, _ in pos])[None], torch.cat([s for _, s in pos])[None])
+        return _Tokens(x, rope, torch.cat(ts, dim=1), repeats, torch.cat(units), torch.cat(sids),
                        grids)
 
     def _output(self, x: Tensor, temb: Tensor, repeats: Tensor | None, grids, split: bool) -> list[Tensor]:
@@ -212,9 +214,7 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if cache is not None:
             cache.check(tok.x.shape[0], text, tok.units)
         text = self.condition_embedder.text(text)
-        head_dim = self.config.attention_head_dim
-        rope = rotary_angles(tok.positions, head_dim, self.config.rope_theta)
-        rope = (rope[0].unsqueeze(0), rope[1].unsqueeze(0))  # (1, S, head_dim / 2)
+        rope = tok.rope
 
         k_units, k_samples = tok.units, tok.samples
         if cache is not None:
