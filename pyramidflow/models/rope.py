@@ -54,8 +54,14 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, S, heads, head_dim / 2) each
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2).type_as(x)
+    out = torch.empty(x.shape, dtype=torch.result_type(x, cos), device=x.device)
+    pairs = out.unflatten(-1, (-1, 2))  # inference: write the pairs in place, no stacking copy
+    torch.sub(x1 * cos, x2 * sin, out=pairs[..., 0])
+    torch.add(x1 * sin, x2 * cos, out=pairs[..., 1])
+    return out.type_as(x)
 
 
 def grid_positions(
