@@ -23,6 +23,12 @@ def test_schedule_json_and_plot(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [len(s["sigmas_natural"]) for s in result["stages"]] == [5, 4]
     assert result["stages"][1]["window_natural"][0] == pytest.approx(2 / 3)
+    s0, s1 = result["stages"]
+    # shift 2 at local position 3/4: r = 2(3/4)/(1 + 3/4) = 6/7, sigma = 1/2 + r/2 (window [1, 1/2])
+    assert s0["sigmas_natural"][1] == pytest.approx(0.5 + 3 / 7)
+    # global level continuous across the jump: stage 0 ends at natural 1/2 = global 2/3
+    assert s0["sigmas_global"][-1] == pytest.approx(2 / 3) == pytest.approx(s1["sigmas_global"][0])
+    assert s1["sigmas_global"] == pytest.approx(s1["sigmas_natural"])  # full resolution: the same
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 

@@ -7,7 +7,7 @@ import torch
 from stats import assert_mean, assert_white
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.pyramid import HaarTransform, PyramidSchedule, forward_noise, renoise
+from pyramidflow.pyramid import HaarTransform, PyramidSchedule, forward_noise, jump, renoise
 
 N = 20000
 KINDS = {
@@ -106,6 +106,14 @@ def test_renoise_errors():
     # A schedule whose gain is below the transform's cannot be reached by a jump.
     with pytest.raises(PyramidflowError, match="gain must be >="):
         renoise(torch.randn(1, 1, 2, 4, 4), PyramidSchedule(2), HaarTransform(temporal=True), 0)
+    # Non-finite or out-of-range levels are refused, naming the valid range (no silent NaNs).
+    for bad in (float("nan"), float("inf"), -0.1, 1.5):
+        with pytest.raises(PyramidflowError, match=r"sigma must be a finite noise level in \[0, 1\]"):
+            jump(x, bad, 0.5, transform)
+    with pytest.raises(PyramidflowError, match=r"sigma_target must be a finite noise level in \[0, 1\]"):
+        jump(x, 0.3, float("nan"), transform)
+    with pytest.raises(PyramidflowError, match="finite"):
+        forward_noise(x, 0.3, float("nan"))
 
 
 def test_causal_transform_on_a_single_frame(generator):

@@ -132,6 +132,10 @@ def test_velocity_fn_sees_each_stage_resolution_and_natural_sigmas():
     assert [s[0] for s in seen] == [0, 0, 1, 1, 1, 2]
     assert seen[0][1] == (2, 3, 1, 4, 4) and seen[2][1] == (2, 3, 1, 8, 8) and seen[5][1][3] == 16
     assert seen[0][2] == 1.0 and seen[2][2] == pytest.approx(0.8) and seen[5][2] == pytest.approx(0.5)
+    dtypes = set()
+    sample(lambda x, s, i: dtypes.add(s.dtype) or torch.zeros_like(x), schedule, transform,
+           (1, 1, 1, 8, 8), (1, 1, 1), dtype=torch.float64)
+    assert dtypes == {torch.float64}  # exact sigmas for float64 states (float32 otherwise)
 
 
 def test_explicit_sigmas_and_errors():

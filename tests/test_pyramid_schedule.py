@@ -90,10 +90,14 @@ def test_bad_input_errors():
         s.sigmas(3, 10)
     with pytest.raises(PyramidflowError, match="one step count per stage"):
         s.check_steps((20, 20))
-    with pytest.raises(PyramidflowError, match="finite"):
+    with pytest.raises(PyramidflowError, match=r"finite number in \[0, 1\]"):
         s.to_global(float("nan"), 0)
-    with pytest.raises(PyramidflowError, match="finite"):
+    with pytest.raises(PyramidflowError, match=r"finite: every noise level must lie in \[0, 1\]"):
         s.to_global(torch.tensor([0.5, float("inf")]), 0)
+    with pytest.raises(PyramidflowError, match=r"\[0, 1\]"):
+        s.to_natural(1.5, 1)
+    with pytest.raises(PyramidflowError, match=r"\[0, 1\], got values from -0.5"):
+        s.to_natural(torch.tensor([-0.5, 0.5]), 1)
     with pytest.raises(PyramidflowError, match="finite"):
         PyramidSchedule(3, shift=float("inf"))
     with pytest.raises(PyramidflowError, match="strictly decreasing"):

@@ -43,14 +43,38 @@ def test_coupled_endpoints_identity(stage, generator):
     assert ts.x_t.shape == T.shape_at(x0.shape, S.levels(stage))
 
 
+KINDS = {
+    "spatial": (HaarTransform(), (1, 1, 1, 4, 4)),
+    "spatiotemporal": (HaarTransform(temporal=True), (1, 1, 4, 4, 4)),
+    "causal": (HaarTransform(temporal=True, causal_first_frame=True), (1, 1, 5, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("stage", [0, 1, 2])
-def test_path_noise_is_white(stage, generator):
-    x0 = torch.randn(1, 1, 1, 4, 4, dtype=torch.float64).expand(20000, -1, -1, -1, -1).contiguous()
-    ts = training_sample(x0, S, T, stage=stage, generator=generator)
-    _, t_mean = _deterministic_parts(x0, S, T, stage, ts.r)
-    n = ts.target - t_mean
-    assert_mean(n, torch.zeros_like(n[0]), 1.0)
-    assert_white(n.reshape(n.shape[0], -1))
+def test_path_endpoints_distribution(kind, stage, generator):
+    """Monte Carlo (MATH.md 6): start ~ N((1-s_s) up(x0^(i-1)), s_s^2 I), end ~ N((1-s_e) x0^(i),
+    s_e^2 I), with one shared white draw; reconstructed from (x_t, r, target)."""
+    transform, shape = KINDS[kind]
+    schedule = PyramidSchedule(3, gain=transform.gain)
+    x0 = torch.randn(shape, dtype=torch.float64).expand(20000, -1, -1, -1, -1).contiguous()
+    ts = training_sample(x0, schedule, transform, stage=stage, generator=generator)
+    s_s, s_e = schedule.windows[stage]
+    r = ts.r.view(-1, 1, 1, 1, 1)
+    start = ts.x_t + (1 - r) * (s_s - s_e) * ts.target
+    end = ts.x_t - r * (s_s - s_e) * ts.target
+    lv = schedule.levels(stage)
+    end_mean = (1 - s_e) * transform.down(x0[:1], lv)[0]
+    start_mean = torch.zeros_like(end_mean)
+    if stage > 0:
+        start_mean = (1 - s_s) * transform.up(transform.down(x0[:1], lv + 1))[0]
+    assert_mean(start, start_mean, s_s)
+    assert_white(((start - start_mean) / s_s).reshape(start.shape[0], -1))
+    if s_e > 0:
+        assert_mean(end, end_mean, s_e)
+        torch.testing.assert_close((end - end_mean) / s_e, (start - start_mean) / s_s, rtol=0, atol=1e-9)
+    else:
+        torch.testing.assert_close(end, end_mean.expand_as(end), rtol=0, atol=1e-12)
 
 
 def test_one_stage_is_plain_flow_matching(generator):
@@ -85,6 +109,9 @@ def test_position_densities(generator):
     assert sps.kstest(logit, "norm", args=(0.5, 0.8)).pvalue > 1e-4
     with pytest.raises(PyramidflowError, match="uniform, logit_normal"):
         training_sample(x0[:2], S, T, stage=1, density="beta")
+    for mean, std in ((float("nan"), 1.0), (0.0, float("inf")), (0.0, 0.0)):
+        with pytest.raises(PyramidflowError, match="finite logit_mean and a finite logit_std > 0"):
+            training_sample(x0[:2], S, T, stage=1, density="logit_normal", logit_mean=mean, logit_std=std)
 
 
 def test_mixed_stages_lists_and_regrouping(generator):

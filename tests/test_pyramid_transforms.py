@@ -45,6 +45,11 @@ def test_down_is_block_mean(kind):
     torch.testing.assert_close(d, ref, rtol=0, atol=1e-14)
 
 
+def test_gain_is_sqrt_of_children_per_block():
+    assert HaarTransform().gain == 2.0 and HaarTransform().group_gains == (2.0,)
+    assert HaarTransform(temporal=True).gain == pytest.approx(2 * math.sqrt(2))
+
+
 def test_causal_first_frame_frame_counts():
     t = HaarTransform(temporal=True, causal_first_frame=True)
     assert t.shape_at((1, 16, 21, 56, 104), 1) == (1, 16, 11, 28, 52)

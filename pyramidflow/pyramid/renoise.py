@@ -27,6 +27,14 @@ from pyramidflow.pyramid.transforms import HaarTransform
 _TOL = 1e-9
 
 
+def _level(value, name: str) -> float:
+    """A noise level as a float, or a clear error unless it is finite and in [0, 1]."""
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise PyramidflowError(f"{name} must be a finite noise level in [0, 1], got {value}")
+    return value
+
+
 def forward_noise(x: Tensor, sigma_from: float, sigma_to: float, generator=None) -> Tensor:
     """Raise the noise level of x = (1-s1) a + s1 n to s2 >= s1 (MATH.md section 5, last formula).
 
@@ -34,7 +42,7 @@ def forward_noise(x: Tensor, sigma_from: float, sigma_to: float, generator=None)
     """
     s1, s2 = float(sigma_from), float(sigma_to)
     if not (math.isfinite(s1) and math.isfinite(s2)):
-        raise PyramidflowError(f"sigmas must be finite, got {s1} -> {s2}")
+        raise PyramidflowError(f"sigmas must be finite noise levels in [0, 1], got {s1} -> {s2}")
     if not 0.0 <= s1 <= s2 <= 1.0:
         raise PyramidflowError(f"forward_noise needs 0 <= sigma_from <= sigma_to <= 1, got {s1} -> {s2}")
     if s1 == 1.0:
@@ -53,6 +61,7 @@ def jump(x: Tensor, sigma: float, sigma_target: float, transform: HaarTransform,
     Each token group jumps with its own gain; a group that lands below ``sigma_target`` is
     forward-noised to it. Landing above it cannot be undone, so that is an error.
     """
+    sigma, sigma_target = _level(sigma, "sigma"), _level(sigma_target, "sigma_target")
     landed = [jump_sigma(sigma, c) for c in transform.group_gains]
     for c, s in zip(transform.group_gains, landed, strict=True):
         if s > sigma_target + _TOL:

@@ -86,10 +86,12 @@ def sample(
     # sigma_start(0) = 1: the coarsest stage starts from pure noise.
     x = torch.randn(coarse, generator=generator, device=device, dtype=dtype)
     batch = shape[0]
+    # sigma goes to the network in float32, or float64 when the state is float64 (exact tests).
+    sigma_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     for stage, grid in enumerate(grids):
         values = grid.tolist()
         for step, (s, s_next) in enumerate(zip(values[:-1], values[1:], strict=True)):
-            sigma = torch.full((batch,), s, device=x.device, dtype=torch.float32)
+            sigma = torch.full((batch,), s, device=x.device, dtype=sigma_dtype)
             v = velocity_fn(x, sigma, stage)
             if v.shape != x.shape:
                 raise PyramidflowError(

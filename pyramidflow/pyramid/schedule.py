@@ -160,11 +160,15 @@ def _scale_odds(sigma, k: float):
     """sigma -> sigma' with sigma'/(1-sigma') = k * sigma/(1-sigma); exact at 0 and 1."""
     if isinstance(sigma, Tensor):
         if not torch.isfinite(sigma).all():
-            raise PyramidflowError("sigma must be finite")
+            raise PyramidflowError("sigma must be finite: every noise level must lie in [0, 1]")
         if ((sigma < 0) | (sigma > 1)).any():
-            raise PyramidflowError("sigma must lie in [0, 1]")
+            raise PyramidflowError(
+                f"sigma must lie in [0, 1], got values from {float(sigma.min())} to {float(sigma.max())}"
+            )
         return k * sigma / (1.0 - sigma + k * sigma)
-    sigma = _finite(sigma, "sigma")
+    sigma = float(sigma)
+    if not math.isfinite(sigma):
+        raise PyramidflowError(f"sigma must be a finite number in [0, 1], got {sigma}")
     if not 0.0 <= sigma <= 1.0:
         raise PyramidflowError(f"sigma must lie in [0, 1], got {sigma}")
     return k * sigma / (1.0 - sigma + k * sigma)

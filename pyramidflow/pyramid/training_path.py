@@ -14,6 +14,7 @@ downsampled in pixel space).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,8 +74,11 @@ def draw_positions(
     if density == "uniform":
         return torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
     if density == "logit_normal":
-        if not logit_std > 0:
-            raise PyramidflowError(f"logit_std must be > 0, got {logit_std}")
+        if not (math.isfinite(logit_mean) and math.isfinite(logit_std) and logit_std > 0):
+            raise PyramidflowError(
+                f"logit_normal needs a finite logit_mean and a finite logit_std > 0, "
+                f"got mean {logit_mean}, std {logit_std}"
+            )
         z = torch.randn(batch, generator=generator, device=device, dtype=torch.float64)
         return torch.sigmoid(logit_mean + logit_std * z)
     raise PyramidflowError(f"unknown density {density!r}; valid: {', '.join(DENSITIES)}")
