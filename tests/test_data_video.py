@@ -190,3 +190,52 @@ def test_cli_data_preview(media, tmp_path, capsys):
     assert main(["data", "preview", "--folder", str(media), "--out", str(out2), "--frames", "4",
                  "--size", "16"]) == 0
     assert out2.stat().st_size > 1000 and "4 clips" in capsys.readouterr().out
+    rows = [{"video": n, "text": f"row {n}"} for n in ("count24.mp4", "empty.mp4", "still.png")]
+    manifest = write_manifest(tmp_path / "p.jsonl", [{"video": str(media / r["video"]), "text": r["text"]}
+                                                     for r in rows])
+    out3 = tmp_path / "grid3.png"
+    assert main(["data", "preview", "--manifest", str(manifest), "--out", str(out3), "--frames", "4",
+                 "--size", "16"]) == 0
+    assert out3.is_file() and "2 clips" in capsys.readouterr().out  # the empty file is skipped
+
+
+def test_jpg_and_png_mix_in_as_one_frame_videos_and_portrait_videos_crop(tmp_path):
+    portrait = torch.tensor(GREEN).view(1, 3, 1, 1).repeat(6, 1, 64, 40)
+    portrait[:, :, :8] = torch.tensor(RED).view(1, 3, 1, 1)  # cropped away: 64x40 -> 32x20 -> rows 6-25
+    write_video(tmp_path / "tall.mp4", portrait, fps=6)
+    write_video(tmp_path / "photo.jpg", torch.tensor(RED).view(1, 3, 1, 1).repeat(1, 1, 30, 50))
+    write_video(tmp_path / "still.png", torch.tensor(GREEN).view(1, 3, 1, 1).repeat(1, 1, 50, 30))
+    for name in ("tall.mp4", "photo.jpg", "still.png"):
+        (tmp_path / name).with_suffix(".txt").write_text(f"about {name}\n")
+    rows = [{"video": n, "text": f"row {n}"} for n in ("photo.jpg", "tall.mp4", "still.png")]
+    for ds in (VideoFolderDataset(tmp_path, frames=4, size=20),
+               ManifestDataset(write_manifest(tmp_path / "m.jsonl", rows), frames=4, size=20)):
+        items = {it["path"].rsplit("/", 1)[1]: it for it in (ds[i] for i in range(len(ds)))}
+        assert set(items) == {"tall.mp4", "photo.jpg", "still.png"} and ds.skipped.count == 0
+        assert items["tall.mp4"]["video"].shape == (4, 3, 20, 20)
+        assert (items["tall.mp4"]["video"] - torch.tensor(GREEN).view(1, 3, 1, 1)).abs().max() < 0.12
+        for name, colour in (("photo.jpg", RED), ("still.png", GREEN)):
+            v = items[name]["video"]
+            assert v.shape == (1, 3, 20, 20) and items[name]["meta"]["kind"] == "image"
+            assert (v - torch.tensor(colour).view(1, 3, 1, 1)).abs().max() < 0.05
+    assert items["photo.jpg"]["text"] == "row photo.jpg"
+
+
+@pytest.mark.filterwarnings("ignore:.*no .txt caption")
+def test_damaged_files_of_every_kind_never_stop_iteration(tmp_path):
+    write_video(tmp_path / "good.mp4", counter_clip(12), fps=8)
+    write_video(tmp_path / "g.gif", counter_clip(8), fps=8)
+    write_video(tmp_path / "p.png", counter_clip(1))
+    names = []
+    for src in ("good.mp4", "g.gif", "p.png"):  # truncated at several places
+        data = (tmp_path / src).read_bytes()
+        for k, frac in enumerate((0.1, 0.2, 0.33, 0.5, 0.7, 0.9)):
+            name = f"cut{k}_{src}"
+            (tmp_path / name).write_bytes(data[: int(len(data) * frac)])
+            names.append(name)
+    ds = VideoFolderDataset(tmp_path, frames=4, size=16)
+    items = [ds[i] for i in range(len(ds))]
+    report = ds.check()
+    assert report["ok"] + report["skipped"] == 3 + len(names)
+    assert report["ok"] >= 3 and report["skipped"] >= len(names) // 2
+    assert all(torch.isfinite(it["video"]).all() for it in items)

@@ -95,6 +95,43 @@ def test_accuracy_degrades_steadily_with_noise_and_blur(real):
     assert alls[-1] <= 0.5 and alls[-1] < alls[2] < alls[0], alls
 
 
+@pytest.mark.parametrize("kind", ["noise", "blur"])
+def test_accuracy_degrades_steadily_with_noise_alone_and_blur_alone(real, kind):
+    sigmas = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5) if kind == "noise" else (0.0, 1.0, 1.5, 2.0, 2.5, 3.0)
+    alls = []
+    for k, s in enumerate(sigmas):
+        noise, blur = (s, 0.0) if kind == "noise" else (0.0, s)
+        results = [evaluate_video(corrupt(it["video"], noise, blur, 1000 + k * N + i), it["text"])
+                   for i, it in enumerate(real)]
+        alls.append(accuracies(results)["all"])
+    assert alls[0] >= 0.95 and alls[1] >= 0.9, alls
+    assert all(b <= a + 0.03 for a, b in zip(alls, alls[1:], strict=False)), alls
+    assert alls[-1] <= 0.5 and alls[-1] < alls[0] - 0.4, alls
+
+
+def test_temporal_consistency_drops_for_incoherent_clips():
+    items = clips(32, 8, n=32)
+    rng = np.random.default_rng(0)
+
+    def scores(videos):
+        return np.array([evaluate_video(v, it["text"])["temporal_consistency"]
+                         for v, it in zip(videos, items, strict=True)])
+
+    clean = [it["video"] for it in items]
+    shuffled = [v[torch.from_numpy(rng.permutation(len(v)))] for v in clean]  # jumps around
+    other = clean[1:] + clean[:1]
+    odd = (torch.arange(8) % 2 == 1).view(-1, 1, 1, 1)
+    # every other frame from another clip
+    flicker = [torch.where(odd, o, v) for v, o in zip(clean, other, strict=True)]
+    blanked = [torch.where(odd, v.median(), v) for v in clean]  # the object vanishes every other frame
+    base = scores(clean)
+    assert base.mean() >= 0.9
+    for name, videos in (("shuffled", shuffled), ("flicker", flicker), ("blanked", blanked)):
+        got = scores(videos)
+        assert got.mean() < base.mean() - 0.15, (name, got.mean(), base.mean())
+        assert (got < base).mean() >= 0.9, name
+
+
 def test_descriptor_is_documented_and_finite(real):
     d = clip_descriptor(real[0]["video"])
     assert d.shape == (len(DESCRIPTOR_NAMES),) == (20,) and np.isfinite(d).all()

@@ -96,3 +96,54 @@ def test_contact_sheet(tmp_path):
     assert np.abs(small - items[0]["video"][0].permute(1, 2, 0).numpy()).max() < 0.01
     with pytest.raises(PyramidflowError, match="captions"):
         contact_sheet([items[0]["video"]], ["a", "b"], tmp_path / "t.png")
+
+
+@pytest.mark.parametrize("name", ["a.gif", "a.mp4", "a.png", "a.jpg"])
+def test_damaged_files_raise_video_read_error_only(tmp_path, clip, name):
+    """Truncated or bit-flipped files either decode or raise VideoReadError, never anything else
+    (a stray IndexError from a decoder would end a long training run)."""
+    good = write_video(tmp_path / name, clip if name.endswith(("gif", "mp4")) else clip[:1], fps=10)
+    data = np.frombuffer(good.read_bytes(), np.uint8)
+    rng = np.random.default_rng(0)
+    cases = [data[:n] for n in np.linspace(1, len(data) - 1, 40).astype(int)]
+    for _ in range(80):
+        flipped = data.copy()
+        flipped[rng.integers(0, len(data), 4)] = rng.integers(0, 256, 4)
+        cases.append(flipped)
+    bad = tmp_path / ("bad" + good.suffix)
+    failures = 0
+    for case in cases:
+        bad.write_bytes(case.tobytes())
+        try:
+            frames, _ = read_frames(bad, fps=10, size=(16, 16))
+            assert frames.shape[1:] == (16, 16, 3) and frames.dtype == np.uint8
+        except VideoReadError as err:
+            failures += 1
+            assert err.reason in {"unreadable", "no video stream", "corrupt or truncated", "too short"}
+    assert failures >= 10  # most damage is noticed
+
+
+def test_other_containers_and_codecs_decode(tmp_path, clip):
+    import av
+
+    frames = (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # (12, 32, 32, 3)
+    formats = (("a.mkv", "libx264"), ("a.avi", "mpeg4"), ("a.webm", "libvpx-vp9"), ("a.mov", "mpeg4"))
+    for name, codec in formats:
+        with av.open(str(tmp_path / name), "w") as container:
+            stream = container.add_stream(codec, rate=12)
+            stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+            for f in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        y, fps = read_video(tmp_path / name)
+        assert fps == pytest.approx(12) and y.shape == clip.shape, name
+        assert psnr(clip, y) > 24, name
+
+
+def test_mp4_is_h264(tmp_path, clip):
+    import av
+
+    with av.open(str(write_video(tmp_path / "a.mp4", clip, fps=8))) as container:
+        assert container.streams.video[0].codec_context.name == "h264"

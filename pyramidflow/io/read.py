@@ -7,13 +7,16 @@ screen at ``start + k / fps`` seconds (sample and hold, as a player would).
 
 Every failure is a :class:`VideoReadError` whose ``reason`` is a short category ("missing",
 "empty", "unreadable", "no video stream", "corrupt or truncated", "too short"), so datasets can
-skip and count bad files instead of crashing.
+skip and count bad files instead of crashing. Damaged files make the decoders raise all kinds of
+exceptions (``IndexError``, ``struct.error``, ``ValueError``, ...); any exception raised while
+opening or decoding a file is turned into a :class:`VideoReadError` naming the original one.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -53,6 +56,17 @@ class VideoInfo:
         return max(1, int(np.floor(self.duration * fps + 1e-6)))
 
 
+@contextmanager
+def _read_errors(path, reason: str):
+    """Turn any exception of a decoder (other than :class:`VideoReadError`) into one."""
+    try:
+        yield
+    except VideoReadError:
+        raise
+    except Exception as err:  # damaged input: decoders raise many unrelated exception types
+        raise VideoReadError(path, reason, f"{type(err).__name__}: {err}") from err
+
+
 def _kind(path: Path) -> str:
     suffix = path.suffix.lower()
     return "image" if suffix in IMAGE_SUFFIXES else "gif" if suffix in GIF_SUFFIXES else "video"
@@ -72,6 +86,8 @@ def _open_av(path: Path):
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise VideoReadError(path, "unreadable", str(err)) from err
+    except Exception as err:  # anything else a damaged header provokes
+        raise VideoReadError(path, "unreadable", f"{type(err).__name__}: {err}") from err
     if not container.streams.video:
         container.close()
         raise VideoReadError(path, "no video stream")
@@ -92,6 +108,11 @@ def probe(path) -> VideoInfo:
     """Size, rate, duration and frame count of a video, GIF or image, without decoding it all."""
     path = Path(path)
     _check_file(path)
+    with _read_errors(path, "unreadable"):
+        return _probe(path)
+
+
+def _probe(path: Path) -> VideoInfo:
     kind = _kind(path)
     if kind != "video":
         from PIL import Image, UnidentifiedImageError
@@ -110,6 +131,8 @@ def probe(path) -> VideoInfo:
     container = _open_av(path)
     try:
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise VideoReadError(path, "unreadable", "unknown or damaged codec")
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         fps = float(rate)
         if stream.duration is not None and stream.time_base is not None:
@@ -128,46 +151,40 @@ def probe(path) -> VideoInfo:
 
 
 def _iter_av(path: Path, start: float, size) -> Iterator[tuple[float, np.ndarray]]:
-    import av
-
     container = _open_av(path)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        tb = stream.time_base
-        origin = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
-        if start > 0 and tb:
-            container.seek(int((origin + start) / tb), stream=stream, backward=True)
-        rate = float(stream.average_rate or 25)
-        kwargs = {"format": "rgb24"}
-        if size is not None:
-            kwargs.update(width=size[0], height=size[1], interpolation="AREA")
-        for i, frame in enumerate(container.decode(stream)):
-            t = frame.time - origin if frame.time is not None else i / rate
-            yield t, lambda frame=frame: frame.to_ndarray(**kwargs)
-    except av.error.FFmpegError as err:
-        raise VideoReadError(path, "corrupt or truncated", str(err)) from err
+        with _read_errors(path, "corrupt or truncated"):
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            tb = stream.time_base
+            origin = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+            if start > 0 and tb:
+                container.seek(int((origin + start) / tb), stream=stream, backward=True)
+            rate = float(stream.average_rate or 25)
+            kwargs = {"format": "rgb24"}
+            if size is not None:
+                kwargs.update(width=size[0], height=size[1], interpolation="AREA")
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time - origin if frame.time is not None else i / rate
+                yield t, lambda frame=frame: frame.to_ndarray(**kwargs)
     finally:
         container.close()
 
 
 def _iter_pil(path: Path, kind: str, size) -> Iterator[tuple[float, np.ndarray]]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            durations = _gif_durations(img) if kind == "gif" else [1.0]
-            t = 0.0
-            for i, d in enumerate(durations):
-                img.seek(i)
-                frame = img.convert("RGB")
-                if size is not None:
-                    frame = frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-                arr = np.array(frame)  # a writable copy
-                yield t, lambda arr=arr: arr
-                t += d
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as err:
-        raise VideoReadError(path, "corrupt or truncated", str(err)) from err
+    with _read_errors(path, "corrupt or truncated"), Image.open(path) as img:
+        durations = _gif_durations(img) if kind == "gif" else [1.0]
+        t = 0.0
+        for i, d in enumerate(durations):
+            img.seek(i)
+            frame = img.convert("RGB")
+            if size is not None:
+                frame = frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            arr = np.array(frame)  # a writable copy
+            yield t, lambda arr=arr: arr
+            t += d
 
 
 def _iter_lazy(path, start: float, size):
@@ -181,8 +198,9 @@ def _iter_lazy(path, start: float, size):
 
 def iter_frames(path, start: float = 0.0, size: tuple[int, int] | None = None):
     """(time in seconds, frame (H, W, 3) uint8) in display order; ``size`` = (width, height) rescale."""
-    for t, get in _iter_lazy(path, start, size):
-        yield t, get()
+    with _read_errors(path, "corrupt or truncated"):
+        for t, get in _iter_lazy(path, start, size):
+            yield t, get()
 
 
 def read_frames(
@@ -216,14 +234,15 @@ def read_frames(
             out.append(frame)
 
     prev_t, prev = None, None
-    for t, img in _iter_lazy(path, start, size):
+    with _read_errors(path, "corrupt or truncated"):  # ``fill`` converts frames lazily
+        for t, img in _iter_lazy(path, start, size):
+            if prev is not None:
+                fill(t, prev)
+            if num_frames is not None and len(out) >= num_frames:
+                break
+            prev_t, prev = t, img
         if prev is not None:
-            fill(t, prev)
-        if num_frames is not None and len(out) >= num_frames:
-            break
-        prev_t, prev = t, img
-    if prev is not None:
-        fill(prev_t + 1.0 / info.fps, prev)  # the last frame is shown for one source period
+            fill(prev_t + 1.0 / info.fps, prev)  # the last frame is shown for one source period
     if not out or (num_frames is not None and len(out) < num_frames):
         need = f", need {num_frames}" if num_frames else ""
         raise VideoReadError(path, "too short", f"{len(out)} frames at {rate:g} fps from {start:g} s{need}")
