@@ -149,11 +149,37 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         sum(o.square().mean() for o in model.forward_tokens(segs, text)).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
+    calls, block = [], model.blocks[0]
+    block_forward = block.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return block_forward(*args, **kwargs)
+
+    block.forward = counted
     plain = grads()
+    assert len(calls) == 1
     model.enable_gradient_checkpointing()
     assert model.gradient_checkpointing
     ckpt = grads()
+    assert len(calls) == 1 + 2  # the block runs again during backward: activations were not kept
     assert all(torch.allclose(plain[n], ckpt[n], atol=1e-6) for n in plain)
+
+
+def test_modulation_runs_cover_tokens_without_expanding():
+    from pyramidflow.models.segments import Modulation, _runs
+
+    # a 5-token segment, three per-token entries, a 4-token segment
+    assert _runs([5, 1, 1, 1, 4]) == [(0, 5, 0, 1), (5, 8, 1, 4), (8, 12, 4, 5)]
+    assert _runs([1, 1, 3]) == [(0, 2, 0, 2), (2, 5, 2, 3)]
+    table = torch.randn(2, 5, 1, 3)
+    mod = Modulation(table, [5, 1, 1, 1, 4])
+    (vec,) = mod.vectors(torch.zeros(1, 1, 3))
+    x = torch.randn(2, 12, 3)
+    expanded = torch.repeat_interleave(vec, torch.tensor([5, 1, 1, 1, 4]), dim=1)
+    assert torch.equal(mod.apply(torch.mul, [x], [vec]), x * expanded)
+    with pytest.raises(PyramidflowError, match="at least one token"):
+        _runs([3, 0])
 
 
 @pytest.mark.filterwarnings("ignore:Mismatch dtype")

@@ -105,3 +105,47 @@ def test_classifier_free_dropout_is_reproducible_and_explicit():
     assert drop.all() and out.abs().max() == 0 and out_mask.sum() == 4
     with pytest.raises(PyramidflowError):
         drop_prompts(prompts, 1.5)
+
+
+def _tiny_encoder(path, kind):
+    """A tiny T5 or CLIP text encoder with a word-level tokenizer, saved as transformers would."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    words = ["<pad>", "</s>", "<unk>", "<s>", "a", "red", "ball", "blue", "cube"]
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    template = "$A </s>" if kind == "t5" else "<s> $A </s>"  # CLIP adds a start token too
+    raw.post_processor = processors.TemplateProcessing(single=template,
+                                                       special_tokens=[("</s>", 1), ("<s>", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
+                            unk_token="<unk>").save_pretrained(path)
+    torch.manual_seed(0)
+    if kind == "t5":
+        model = T5EncoderModel(T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                        num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
+                                        eos_token_id=1, decoder_start_token_id=0))
+    else:
+        model = CLIPTextModel(CLIPTextConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             max_position_embeddings=8, pad_token_id=0, bos_token_id=3,
+                                             eos_token_id=1))
+    model.save_pretrained(path)
+
+
+@pytest.mark.parametrize("kind, lengths", [("t5", [4, 1]), ("clip", [5, 2])])
+def test_t5_and_clip_encoders_follow_the_same_contract(tmp_path, kind, lengths):
+    _tiny_encoder(tmp_path / kind, kind)
+    enc = load_text_encoder(tmp_path / kind, max_length=7, cache_dir=tmp_path / "cache")
+    assert isinstance(enc, PretrainedTextEncoder) and not any(p.requires_grad for p in enc.parameters())
+    emb, mask = enc.encode(["a red ball", ""])
+    assert emb.shape == (2, 7, 16) and mask.sum(1).tolist() == lengths
+    assert emb[0, lengths[0]:].abs().max() == 0 and emb[1, lengths[1]:].abs().max() == 0
+    assert emb[1, : lengths[1]].abs().max() > 0  # "" is a real (unconditional) embedding, not zeros
+    enc.model.forward = None  # second call: read from the on-disk cache only
+    assert torch.equal(enc.encode(["a red ball"])[0], emb[:1])
+    if kind == "clip":
+        with pytest.raises(PyramidflowError, match="positions"):
+            PretrainedTextEncoder(tmp_path / kind, max_length=9)
+    # by default Wan's 512, or fewer where the encoder has fewer positions
+    assert load_text_encoder(tmp_path / kind).max_length == (8 if kind == "clip" else 512)

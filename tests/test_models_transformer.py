@@ -115,3 +115,72 @@ def test_per_axis_grid_rotary_equals_pointwise_angles():
     cos, sin = grid_rotary(size, offset, scale, head_dim=16, theta=500.0)
     ref_cos, ref_sin = rotary_angles(grid_positions(size, offset, scale), 16, theta=500.0)
     assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+
+
+def test_segments_of_one_unit_equal_wan_with_per_token_timesteps(tmp_path):
+    """Three segments of one unit (frames 0, 1, 2: two scalar timesteps, one per token) are the plain
+    model on the whole latent with the matching per-token timestep: modulation runs are exact."""
+    from pyramidflow.models import TokenSegment
+
+    wan, ours = _wan_pair(tmp_path)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 3, 8, 6, generator=gen)
+    text = torch.randn(2, 7, TINY["text_dim"], generator=gen)
+    t0, t1 = torch.tensor([900.0, 30.0]), torch.tensor([450.0, 0.0])
+    t2 = torch.rand(2, 12, generator=gen) * 1000
+    segs = [TokenSegment(x[:, :, :1], t0), TokenSegment(x[:, :, 1:2], t1, offset=(1, 0, 0)),
+            TokenSegment(x[:, :, 2:], t2, offset=(2, 0, 0))]
+    per_token = torch.cat([t0[:, None].expand(2, 12), t1[:, None].expand(2, 12), t2], dim=1)
+    with torch.no_grad():
+        ref = wan(x, per_token, text).sample
+        outs = ours.forward_tokens(segs, text)
+    assert (torch.cat(outs, dim=2) - ref).abs().max() < 1e-4
+
+
+def test_fast_paths_equal_reference_formulas():
+    """Rotation as a complex product, the CPU RMS norm, the sigmoid form of tanh-GELU and the fused
+    modulated norm against their textbook formulas (values and gradients)."""
+    import torch.nn.functional as F
+
+    from pyramidflow.models.attention import _rms_norm, _rotate_temporary
+    from pyramidflow.models.embeddings import FP32LayerNorm, gelu_tanh_
+    from pyramidflow.models.rope import rotate, rotation
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 10, 3, 8, generator=gen) * 3
+    angles = torch.rand(1, 10, 4, generator=gen) * 20
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[:, :, None], sin[:, :, None]
+    ref = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
+    rot = rotation(cos, sin)
+    assert (rotate(x, rot) - ref).abs().max() < 1e-6
+    assert (_rotate_temporary(x.clone(), rot) - ref).abs().max() < 1e-6
+    xg = x.clone().requires_grad_(True)
+    (rotate(xg, rot) * ref).sum().backward()  # a rotation's gradient is the inverse rotation
+    assert (xg.grad - rotate(ref, rotation(cos, -sin))).abs().max() < 1e-5
+
+    norm = torch.nn.RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(8, generator=gen))
+        h = torch.randn(3, 5, 8, generator=gen) * 4 + 1
+        assert (_rms_norm(norm, h) - h * torch.rsqrt(h.square().mean(-1, keepdim=True) + 1e-6) * norm.weight
+                ).abs().max() < 1e-5
+        u = torch.linspace(-30, 30, 2001)
+        assert (gelu_tanh_(u.clone()) - F.gelu(u, approximate="tanh")).abs().max() < 1e-5
+
+    ln = FP32LayerNorm(8, 1e-6, elementwise_affine=False)
+    h = torch.randn(2, 5, 8, generator=gen) * 3 + 2
+    for b in (1, 2):  # batch 1: the norm's own affine; batch 2: norm then multiply-add
+        scale, shift = torch.randn(b, 1, 8, generator=gen), torch.randn(b, 1, 8, generator=gen)
+        plain = F.layer_norm(h[:b], (8,), eps=1e-6) * (1 + scale) + shift
+        assert (ln.modulate(h[:b], scale, shift) - plain).abs().max() < 1e-5
+
+
+def test_rotary_tables_built_in_inference_mode_serve_training():
+    model = PyramidDiT(**TINY)
+    x, t, text = torch.randn(1, 4, 1, 6, 10), torch.tensor([10.0]), torch.randn(1, 3, 16)
+    with torch.inference_mode():
+        model(x, t, text)  # builds (and memoises) this grid's rotation table
+    model(x, t, text).sample.square().mean().backward()
+    assert model.blocks[0].attn1.to_q.weight.grad is not None

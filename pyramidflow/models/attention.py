@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.models.rope import apply_rotary
+from pyramidflow.models.rope import rotate
 
 BACKENDS = ("auto", "sdpa", "flex")
 
@@ -95,6 +95,11 @@ def _flex_fn(compiled: bool):
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
+def _flex_compiles(q: Tensor) -> bool:
+    """Whether compiled FlexAttention serves q (B, H, S, D): CUDA, and D >= 16 (its kernels' minimum)."""
+    return q.is_cuda and q.shape[-1] >= 16
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout | None, backend: str = "auto") -> Tensor:
     """Scaled dot-product attention. q: (B, Sq, H, D); k, v: (B, Sk, H, D) -> (B, Sq, H, D)."""
     if backend not in BACKENDS:
@@ -103,10 +108,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout | None, back
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, S, D)
     if layout is None or layout.kind == "full":
         out = F.scaled_dot_product_attention(q, k, v)
-    elif backend == "flex" or (backend == "auto" and layout.kind == "dense" and q.is_cuda):
+    elif backend == "flex" or (backend == "auto" and layout.kind == "dense" and _flex_compiles(q)):
         with warnings.catch_warnings():  # eager FlexAttention (CPU) warns that it is not compiled
             warnings.simplefilter("ignore", UserWarning)
-            out = _flex_fn(q.is_cuda)(q, k, v, block_mask=layout.block_mask())
+            out = _flex_fn(_flex_compiles(q))(q, k, v, block_mask=layout.block_mask())
     elif layout.kind == "groups":
         out = torch.cat(
             [F.scaled_dot_product_attention(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke])
@@ -116,6 +121,30 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout | None, back
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.dense_mask())
     return out.transpose(1, 2)
+
+
+def _inference_f32_cpu(x: Tensor, *params: Tensor) -> bool:
+    """True when x is a float32 CPU tensor and autograd records nothing about x or ``params``."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    return not grad and x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def _rms_norm(norm: nn.RMSNorm, x: Tensor) -> Tensor:
+    """``norm(x)``. On the CPU at inference: one fused reduction (vector norm) and one product
+    scaled in place, instead of PyTorch's composite kernel and its two full-size temporaries."""
+    if norm.weight is None or not _inference_f32_cpu(x, norm.weight):
+        return norm(x)
+    eps = torch.finfo(x.dtype).eps if norm.eps is None else norm.eps
+    inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return torch.mul(x, inv).mul_(norm.weight)
+
+
+def _rotate_temporary(x: Tensor, rot: Tensor) -> Tensor:
+    """``rotate(x, rot)`` for an x that is this module's own temporary: in place when autograd allows."""
+    if _inference_f32_cpu(x) and x.is_contiguous():
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rot)
+        return x
+    return rotate(x, rot)
 
 
 class Attention(nn.Module):
@@ -138,27 +167,29 @@ class Attention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
-    def query(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        """(B, S, dim) -> (B, S, heads, head_dim), normed and rotated."""
-        q = self.norm_q(self.to_q(x)).unflatten(2, (self.heads, -1))
-        return q if rope is None else apply_rotary(q, *rope)
+    def query(self, x: Tensor, rope: Tensor | None) -> Tensor:
+        """(B, S, dim) -> (B, S, heads, head_dim), normed and rotated by ``rope``."""
+        q = _rms_norm(self.norm_q, self.to_q(x)).unflatten(2, (self.heads, -1))
+        return q if rope is None else _rotate_temporary(q, rope)
 
-    def key_value(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def key_value(self, x: Tensor, rope: Tensor | None) -> tuple[Tensor, Tensor]:
         """(B, S, dim) -> keys and values (B, S, heads, head_dim); keys normed and rotated."""
-        k = self.norm_k(self.to_k(x)).unflatten(2, (self.heads, -1))
+        k = _rms_norm(self.norm_k, self.to_k(x)).unflatten(2, (self.heads, -1))
         v = self.to_v(x).unflatten(2, (self.heads, -1))
-        return (k if rope is None else apply_rotary(k, *rope)), v
+        return (k if rope is None else _rotate_temporary(k, rope)), v
 
     def forward(
         self,
         x: Tensor,
         context: Tensor | None = None,
-        rope: tuple[Tensor, Tensor] | None = None,
+        rope: Tensor | None = None,
         layout: AttentionLayout | None = None,
         past: tuple[Tensor, Tensor] | None = None,
         backend: str = "auto",
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: (B, S, dim). Self-attention if ``context`` is None, else cross-attention to it.
+
+        ``rope``: complex rotations of x's tokens (:func:`pyramidflow.models.rope.rotation`).
 
         ``past``: cached keys and values (B, N, heads, head_dim) placed before x's own (history).
         Returns the output (B, S, dim) and x's (or the context's) own keys and values.

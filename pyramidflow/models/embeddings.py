@@ -31,6 +31,20 @@ class FP32LayerNorm(nn.LayerNorm):
         bias = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
+    def modulate(self, x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """``norm(x) * (1 + scale) + shift`` in float32, cast to x's dtype (Wan's adaptive norm).
+
+        scale, shift: float32, broadcastable to x (B, S, dim). With one vector for the whole input
+        (batch 1, one timestep) the modulation is the layer norm's own affine: one fused kernel;
+        otherwise one fused multiply-add after the norm.
+        """
+        if self.weight is None and scale.numel() == shift.numel() == x.shape[-1]:
+            out = F.layer_norm(x.float(), self.normalized_shape, (1 + scale).reshape(-1), shift.reshape(-1),
+                               self.eps)
+        else:
+            out = torch.addcmul(shift, self(x.float()).float(), 1 + scale)
+        return out.to(x.dtype)
+
 
 class _MLP(nn.Module):
     """linear_1 -> activation -> linear_2 (diffusers' TimestepEmbedding / PixArtAlphaTextProjection)."""
@@ -68,13 +82,31 @@ class TimeTextEmbedding(nn.Module):
         return self.text_embedder(encoder_hidden_states)
 
 
+_GELU_C = 2 * math.sqrt(2 / math.pi)
+
+
+def gelu_tanh_(x: Tensor) -> Tensor:
+    """tanh-approximate GELU of x, in place: ``x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))``.
+
+    The same function as ``F.gelu(x, approximate="tanh")`` (0.5 (1 + tanh z) = sigmoid(2 z)), about
+    twice as fast on the CPU, where PyTorch's vectorised tanh is the bottleneck; agrees to ~1e-6.
+    """
+    z = x * x
+    z.mul_(0.044715 * _GELU_C).add_(_GELU_C).mul_(x)
+    return x.mul_(z.sigmoid_())
+
+
 class _GELUProjection(nn.Module):
     def __init__(self, dim: int, inner_dim: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, inner_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
+        h = self.proj(x)
+        inference = not (torch.is_grad_enabled() and h.requires_grad)
+        if inference and h.device.type == "cpu" and h.dtype == torch.float32:
+            return gelu_tanh_(h)  # inference on the CPU: the projection's fresh output, rewritten in place
+        return F.gelu(h, approximate="tanh")
 
 
 class FeedForward(nn.Module):

@@ -10,7 +10,9 @@ positions give bit-identical angles to the table (both are computed in float64).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -47,21 +49,32 @@ def rotary_angles(positions: Tensor, head_dim: int, theta: float = 10000.0) -> t
     return angles.cos().float(), angles.sin().float()
 
 
+def rotation(cos: Tensor, sin: Tensor) -> Tensor:
+    """cos, sin (B or 1, S, head_dim / 2) -> complex64 ``cos + i sin`` of shape (B or 1, S, 1, head_dim / 2).
+
+    Built once per forward pass and shared by every layer (:func:`rotate`).
+    """
+    return torch.complex(cos.float(), sin.float()).unsqueeze(-2)
+
+
+def rotate(x: Tensor, rot: Tensor) -> Tensor:
+    """Rotate interleaved channel pairs (x[2j], x[2j+1]) of x: (B, S, heads, head_dim) by ``rot``.
+
+    Each pair is read as the complex number x[2j] + i x[2j+1] and multiplied by ``rot`` (from
+    :func:`rotation`): one contiguous complex multiply with the arithmetic of the real formula
+    (x1 cos - x2 sin, x1 sin + x2 cos), instead of four strided products. Computed in float32 and
+    cast back to x's dtype; differentiable.
+    """
+    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
+
+
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved channel pairs (x[2j], x[2j+1]) of x: (B, S, heads, head_dim).
 
     cos, sin: (B or 1, S, head_dim / 2). Computed in float32 and cast back to x's dtype.
     """
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, S, heads, head_dim / 2) each
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    if torch.is_grad_enabled() and x.requires_grad:
-        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-        return out.flatten(-2).type_as(x)
-    out = torch.empty(x.shape, dtype=torch.result_type(x, cos), device=x.device)
-    pairs = out.unflatten(-1, (-1, 2))  # inference: write the pairs in place, no stacking copy
-    torch.sub(x1 * cos, x2 * sin, out=pairs[..., 0])
-    torch.add(x1 * sin, x2 * cos, out=pairs[..., 1])
-    return out.type_as(x)
+    return rotate(x, rotation(cos, sin))
 
 
 def grid_positions(
@@ -112,3 +125,35 @@ def grid_rotary(
         sin_parts.append(angles.sin().float().view(shape).expand(target))
     half = head_dim // 2
     return torch.cat(cos_parts, -1).reshape(-1, half), torch.cat(sin_parts, -1).reshape(-1, half)
+
+
+_MEMO_LIMIT = 2**20  # complex entries (8 MiB) above which a table is rebuilt rather than kept
+
+
+@lru_cache(maxsize=32)
+def _grid_rotation(size: tuple[int, ...], offset: tuple[float, ...], scale: tuple[float, ...], head_dim: int,
+                   theta: float, device: torch.device) -> Tensor:
+    # a plain (not inference-mode) tensor, so a table first built under inference_mode serves training too
+    with torch.inference_mode(False), torch.no_grad():
+        return rotation(*grid_rotary(size, offset, scale, head_dim, theta, device))
+
+
+def grid_rotation(
+    size: Sequence[int],
+    offset: Sequence[float],
+    scale: Sequence[float],
+    head_dim: int,
+    theta: float = 10000.0,
+    device=None,
+) -> Tensor:
+    """``rotation(*grid_rotary(...))``: (f * h * w, 1, head_dim / 2) complex64.
+
+    A sampler asks for the same few grids at every denoising step, so tables of up to 2**20 entries
+    (8 MiB) are memoised, at most 32 of them; larger grids, where the network's cost dwarfs the
+    table's, are rebuilt each time. The result may be shared: do not modify it in place.
+    """
+    key = (tuple(int(n) for n in size), tuple(float(o) for o in offset), tuple(float(s) for s in scale),
+           int(head_dim), float(theta), torch.device(device or "cpu"))
+    if math.prod(key[0]) * (head_dim // 2) > _MEMO_LIMIT:
+        return _grid_rotation.__wrapped__(*key)
+    return _grid_rotation(*key)

@@ -51,21 +51,50 @@ class TokenSegment:
 
 
 class Modulation:
-    """Per-segment (or per-token) modulation vectors, expanded to tokens on demand.
+    """Per-segment (or per-token) modulation vectors, applied without expanding them to tokens.
 
-    table: (B, M, k, dim) for M timestep entries; repeats: (M,) tokens covered by each entry,
-    or None when M is 1 (broadcast) or one entry per token.
+    table: (B, M, k, dim) for M timestep entries; repeats: tokens covered by each entry (M ints), or
+    None when M is 1 (broadcast) or one entry per token. With repeats, the sequence is cut into runs
+    of tokens that share one entry (a segment with one timestep) or have one entry each (per-token
+    timesteps), and each run is modulated with its broadcast (or aligned) slice of the table:
+    nothing of size (B, S, dim) is built per modulation vector.
     """
 
-    def __init__(self, table: Tensor, repeats: Tensor | None) -> None:
-        self.table, self.repeats = table, repeats
+    def __init__(self, table: Tensor, repeats: Sequence[int] | Tensor | None) -> None:
+        self.table = table
+        self.runs = None if repeats is None else _runs([int(r) for r in repeats])
 
     def vectors(self, base: Tensor) -> list[Tensor]:
-        """base (1, k, dim) + table -> k tensors (B, S or 1, dim) in float32."""
-        full = base.unsqueeze(0).float() + self.table.float()  # (B, M, k, dim)
-        if self.repeats is not None:
-            return [torch.repeat_interleave(v, self.repeats, dim=1) for v in full.unbind(2)]
-        return list(full.unbind(2))
+        """base (1, k, dim) + table -> k float32 tensors (B, M, dim): one vector per entry."""
+        return list((base.unsqueeze(0).float() + self.table.float()).unbind(2))
+
+    def apply(self, fn, tokens: Sequence[Tensor], vectors: Sequence[Tensor]) -> Tensor:
+        """``fn(*tokens, *vectors)`` with each vector (B, M, dim) matched to its tokens (B, S, ...).
+
+        Without runs the vectors broadcast (M = 1) or align (M = S) with the tokens as they are;
+        otherwise fn runs once per run and the results are joined along the tokens. fn must act on
+        every token independently (norms, modulation, gated residuals).
+        """
+        if self.runs is None:
+            return fn(*tokens, *vectors)
+        parts = [fn(*(x[:, t0:t1] for x in tokens), *(v[:, e0:e1] for v in vectors))
+                 for t0, t1, e0, e1 in self.runs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _runs(repeats: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """(token start, token end, entry start, entry end) of each run; entries covering one token each merge."""
+    runs: list[list[int]] = []
+    t = 0
+    for e, r in enumerate(repeats):
+        if r < 1:
+            raise PyramidflowError(f"every timestep entry must cover at least one token, got {r}")
+        if r == 1 and runs and runs[-1][3] - runs[-1][2] == runs[-1][1] - runs[-1][0] and runs[-1][1] == t:
+            runs[-1][1], runs[-1][3] = t + 1, e + 1  # extend a run of per-token entries
+        else:
+            runs.append([t, t + r, e, e + 1])
+        t += r
+    return [tuple(r) for r in runs]
 
 
 @dataclass

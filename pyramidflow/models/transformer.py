@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.attention import BACKENDS, Attention, AttentionLayout
 from pyramidflow.models.embeddings import FeedForward, FP32LayerNorm, TimeTextEmbedding
-from pyramidflow.models.rope import grid_rotary
+from pyramidflow.models.rope import grid_rotation
 from pyramidflow.models.segments import TEXT_UNIT, HistoryCache, Modulation, TokenSegment
 
 
@@ -50,20 +50,30 @@ class PyramidDiTBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: Tensor, text: Tensor, mod: Modulation, rope: tuple[Tensor, Tensor],
+    def forward(self, x: Tensor, text: Tensor, mod: Modulation, rope: Tensor,
                 self_layout: AttentionLayout | None, cross_layout: AttentionLayout | None,
                 past: tuple[Tensor, Tensor] | None = None, backend: str = "auto"
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (B, S, dim); text: (B, L, dim). Returns x and this block's self-attention keys/values."""
+        """x: (B, S, dim); text: (B, L, dim); rope: complex rotations (``rope.grid_rotation``).
+
+        Returns x and this block's self-attention keys/values.
+        """
         shift, scale, gate, c_shift, c_scale, c_gate = mod.vectors(self.scale_shift_table)
-        h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        h = mod.apply(self.norm1.modulate, [x], [scale, shift])
         out, kv = self.attn1(h, rope=rope, layout=self_layout, past=past, backend=backend)
-        x = (x.float() + out * gate).type_as(x)
+        x = mod.apply(_gated_add, [x, out], [gate])
         h = self.norm2(x.float()).type_as(x)
         x = x + self.attn2(h, context=text, layout=cross_layout, backend=backend)[0]
-        h = (self.norm3(x.float()) * (1 + c_scale) + c_shift).type_as(x)
-        x = (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+        h = mod.apply(self.norm3.modulate, [x], [c_scale, c_shift])
+        x = mod.apply(_gated_add, [x, self.ffn(h)], [c_gate])
         return x, kv
+
+
+def _gated_add(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    """``x + y * gate`` in float32, cast to x's dtype (one fused kernel when x and y are float32)."""
+    if x.dtype == y.dtype == torch.float32:
+        return torch.addcmul(x, y, gate)
+    return (x.float() + y.float() * gate).type_as(x)
 
 
 class _Tokens:
@@ -71,9 +81,9 @@ class _Tokens:
 
     def __init__(self, x, rope, timesteps, repeats, units, samples, grids):
         self.x = x  # (B, S, dim)
-        self.rope = rope  # cos, sin: (1, S, head_dim / 2) each
+        self.rope = rope  # complex rotations (1, S, 1, head_dim / 2), rope.grid_rotation
         self.timesteps = timesteps  # (B, M)
-        self.repeats = repeats  # (M,) tokens per timestep entry
+        self.repeats = repeats  # list of M ints: tokens per timestep entry
         self.units, self.samples = units, samples  # (S,) long each
         self.grids = grids  # per segment (f, h, w, tokens)
 
@@ -168,7 +178,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise PyramidflowError(f"timestep must be a number, (B,) or (B, tokens)=({b}, {n}); "
                                    f"got {tuple(t.shape)}")
         cfg = self.config
-        rope = grid_rotary(grid, seg.offset, seg.scale, cfg.attention_head_dim, cfg.rope_theta, latent.device)
+        rope = grid_rotation(grid, seg.offset, seg.scale, cfg.attention_head_dim, cfg.rope_theta,
+                             latent.device)
         return x, rope, t, reps, grid + (n,)
 
     def _tokens(self, samples: Sequence[Sequence[TokenSegment]]) -> _Tokens:
@@ -185,14 +196,14 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if len(batches) != 1:
             raise PyramidflowError(f"all segments must have the same batch size, got {sorted(batches)}")
         x = torch.cat(xs, dim=1).contiguous()
-        repeats = torch.tensor(reps, dtype=torch.long, device=x.device)
-        rope = (torch.cat([c for c, _ in pos])[None], torch.cat([s for _, s in pos])[None])
-        return _Tokens(x, rope, torch.cat(ts, dim=1), repeats, torch.cat(units), torch.cat(sids),
+        rope = (pos[0] if len(pos) == 1 else torch.cat(pos))[None]
+        return _Tokens(x, rope, torch.cat(ts, dim=1), reps, torch.cat(units), torch.cat(sids),
                        grids)
 
-    def _output(self, x: Tensor, temb: Tensor, repeats: Tensor | None, grids, split: bool) -> list[Tensor]:
-        shift, scale = Modulation(temb.unsqueeze(2), repeats).vectors(self.scale_shift_table)
-        x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+    def _output(self, x: Tensor, temb: Tensor, repeats: list[int] | None, grids, split: bool) -> list[Tensor]:
+        mod = Modulation(temb.unsqueeze(2), repeats)
+        shift, scale = mod.vectors(self.scale_shift_table)
+        x = mod.apply(self.norm_out.modulate, [x], [scale, shift])
         x = self.proj_out(x)  # (B, S, C * pt * ph * pw)
         pt, ph, pw = self.config.patch_size
         outs = []
@@ -203,7 +214,7 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     # ------------------------------------------------------------------ core
     def _run(self, tok: _Tokens, text: Tensor, text_samples: Tensor | None, cache: HistoryCache | None,
-             keep_kv: bool) -> tuple[Tensor, Tensor, Tensor | None, list]:
+             keep_kv: bool) -> tuple[Tensor, Tensor, list[int] | None, list]:
         """Blocks over the tokens. Returns x, temb, the repeats used and (if keep_kv) per-layer k/v."""
         repeats = tok.repeats
         m, s = tok.timesteps.shape[1], tok.x.shape[1]

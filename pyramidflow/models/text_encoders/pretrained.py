@@ -72,8 +72,9 @@ def _model_id(path: Path) -> str:
 class PretrainedTextEncoder(nn.Module, TextEncoderMixin):
     """Frozen encoder + tokenizer loaded from ``path`` (no download)."""
 
-    def __init__(self, path: str | Path, max_length: int = 512, cache_dir: str | Path | None = None,
+    def __init__(self, path: str | Path, max_length: int | None = None, cache_dir: str | Path | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
+        """``max_length`` None: Wan's 512, or the encoder's own limit if that is smaller (CLIP: 77)."""
         super().__init__()
         import transformers
 
@@ -86,6 +87,8 @@ class PretrainedTextEncoder(nn.Module, TextEncoderMixin):
             raise PyramidflowError(f"text encoder type {config.model_type!r} is not supported: "
                                    f"valid types are {', '.join(sorted(ENCODER_CLASSES))}")
         limit = getattr(config, "max_position_embeddings", None)
+        if max_length is None:
+            max_length = 512 if limit is None else min(512, limit)
         if limit is not None and max_length > limit:
             raise PyramidflowError(f"max_length {max_length} exceeds the encoder's {limit} positions")
         self.model = getattr(transformers, cls_name).from_pretrained(path, local_files_only=True, dtype=dtype)
