@@ -21,6 +21,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pyramidflow.commands.cache_latents",
     "pyramidflow.commands.data",
     "pyramidflow.commands.eval",
+    "pyramidflow.commands.train",
+    "pyramidflow.commands.sample",
+    "pyramidflow.commands.demo",
 )
 
 # Exceptions that mean "bad input": printed as one line, exit status 2.

@@ -128,8 +128,56 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def _paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a (nested) config dataclass."""
+    out = []
+    for name, kind in _field_types(cls).items():
+        out.append(prefix + name)
+        if dataclasses.is_dataclass(kind):
+            out.extend(_paths(kind, f"{prefix}{name}."))
+    return out
+
+
+def expand_key(cls: type, key: str) -> str:
+    """``key`` as given if it is a dotted key of ``cls``, else the one key ending in ``.key``.
+
+    So ``checkpoint_every`` means ``loop.checkpoint_every`` when no other section has that field;
+    an ambiguous short key is an error that lists the full keys to choose from.
+    """
+    paths = _paths(cls)
+    if key in paths:
+        return key
+    matches = [p for p in paths if p.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise PyramidflowError(f"config key {key!r} is ambiguous; write one of: {', '.join(matches)}")
+    head = key.split(".")[0]
+    top = sorted(_field_types(cls))
+    hint = f"valid keys: {', '.join(top)}" if head not in top else f"see the fields of {head!r}"
+    raise PyramidflowError(f"unknown config key {key}; {hint}")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Load ``cls`` from a YAML preset (optional) with ``key=value`` overrides applied on top."""
+    """Load ``cls`` from a YAML preset (optional) with ``key=value`` overrides applied on top.
+
+    An override's key may be shortened to its last part(s) when that is unambiguous
+    (:func:`expand_key`).
+    """
+    expanded = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise PyramidflowError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            key = expand_key(cls, key)
+        except PyramidflowError:
+            if "." not in key:
+                raise
+            # a dotted key into a nested section: let _check_keys name the valid fields
+        expanded.append(f"{key}={raw}")
+    overrides = expanded
     base = to_dict(cls())
     if path is not None:
         path = Path(path)

@@ -11,6 +11,7 @@ from pyramidflow.eval.frechet import (
     frechet_distance,
     frechet_video_distance,
 )
+from pyramidflow.eval.report import score_clips
 
 __all__ = [
     "DESCRIPTOR_NAMES",
@@ -22,4 +23,5 @@ __all__ = [
     "evaluate_video",
     "frechet_distance",
     "frechet_video_distance",
+    "score_clips",
 ]

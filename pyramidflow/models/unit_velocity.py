@@ -18,6 +18,24 @@ from pyramidflow.models.segments import HistoryCache, TokenSegment
 from pyramidflow.models.transformer import PyramidDiT
 
 
+def unit_segments(history: Sequence, current: Tensor, timestep, unit: int, stage: int, num_stages: int,
+                  patch_frames: int, history_timestep: float = 0.0
+                  ) -> tuple[list[TokenSegment], TokenSegment]:
+    """Token segments of one autoregressive step (MATH.md section 7), shared by training and sampling.
+
+    history: items with ``latent`` (B, C, F, h, w), ``level`` and ``unit`` (oldest first), e.g.
+    :class:`pyramidflow.pyramid.temporal.HistoryUnit`; current: (B, C, F, H_i, W_i) at stage
+    ``stage``. The current unit sits on its stage's integer grid (the reference grid), a history unit
+    ``level - L_i`` levels coarser at its block centres on that grid; unit u starts at token frame
+    ``u * F / patch_frames``. History carries ``history_timestep`` (0: clean).
+    """
+    level = num_stages - 1 - stage
+    frames = current.shape[2] // patch_frames  # token frames per unit
+    hist = [TokenSegment.at_level(h.latent.to(current.dtype), history_timestep, h.unit, h.level - level,
+                                  h.unit * frames) for h in history]
+    return hist, TokenSegment.at_level(current, timestep, unit, 0, unit * frames)
+
+
 class UnitVelocity:
     """Callable ``(x, sigma, stage, history, unit) -> dx/dsigma`` backed by a :class:`PyramidDiT`.
 
@@ -35,12 +53,8 @@ class UnitVelocity:
 
     def segments(self, x: Tensor, sigma: Tensor, stage: int, history: Sequence, unit: int
                  ) -> tuple[list[TokenSegment], TokenSegment]:
-        level = self.num_stages - 1 - stage
-        frames = x.shape[2] // self.model.config.patch_size[0]  # token frames per unit
-        hist = [TokenSegment.at_level(h.latent.to(x.dtype), 0.0, h.unit, h.level - level, h.unit * frames)
-                for h in history]
-        current = TokenSegment.at_level(x, sigma * self.timestep_scale, unit, 0, unit * frames)
-        return hist, current
+        return unit_segments(history, x, sigma * self.timestep_scale, unit, stage, self.num_stages,
+                             self.model.config.patch_size[0])
 
     def __call__(self, x: Tensor, sigma: Tensor, stage: int, history: Sequence, unit: int) -> Tensor:
         hist, current = self.segments(x, sigma, stage, history, unit)

@@ -13,32 +13,15 @@ step of that stage, so a model can cache its keys and values (history has its ow
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule, sample
-from pyramidflow.pyramid.temporal import history_levels
-
-
-@dataclass(frozen=True)
-class HistoryUnit:
-    latent: Tensor  # (B, C, F, H / 2^level, W / 2^level): clean, compressed
-    level: int  # levels below full resolution
-    unit: int  # index of the unit in the video
-
+from pyramidflow.pyramid.temporal import HistoryUnit, compress_history
 
 UnitVelocity = Callable[[Tensor, Tensor, int, list[HistoryUnit], int], Tensor]
-
-
-def compress_history(units: Sequence[Tensor], stage: int, num_stages: int, transform: HaarTransform
-                     ) -> list[HistoryUnit]:
-    """The history seen at ``stage`` by the unit after ``units`` (each (B, C, F, H, W), full res)."""
-    levels = history_levels(len(units), stage, num_stages)
-    pairs = enumerate(zip(units, levels, strict=True))
-    return [HistoryUnit(transform.down(u, lv), lv, i) for i, (u, lv) in pairs]
 
 
 @torch.no_grad()

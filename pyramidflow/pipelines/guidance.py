@@ -14,6 +14,7 @@ from torch import Tensor
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid import HaarTransform
 from pyramidflow.pyramid.sampler import VelocityFn
+from pyramidflow.pyramid.temporal import HistoryUnit
 from pyramidflow.training.losses import call_model
 
 
@@ -62,3 +63,27 @@ def guided_velocity(
         return v_u + w * (v_c - v_u)
 
     return velocity
+
+
+class GuidedUnitVelocity:
+    """Classifier-free guidance around a unit velocity whose text batch is ``cat([null, cond])``.
+
+    ``inner(x, sigma, stage, history, unit)`` is e.g. a :class:`pyramidflow.models.UnitVelocity`
+    built with the doubled text. Both branches see the same clean history (text-only guidance, as
+    Pyramid Flow). Unit 0 is guided with ``first`` (it is generated like an image), later units with
+    ``rest``. The doubled history is built once per history list, so the inner history cache holds.
+    """
+
+    def __init__(self, inner, first: float, rest: float) -> None:
+        self.inner, self.first, self.rest = inner, float(first), float(rest)
+        self._source: list | None = None
+        self._doubled: list = []
+
+    def __call__(self, x: Tensor, sigma: Tensor, stage: int, history, unit: int) -> Tensor:
+        if history is not self._source:
+            self._source = history
+            self._doubled = [HistoryUnit(torch.cat([h.latent, h.latent]), h.level, h.unit) for h in history]
+        out = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), stage, self._doubled, unit)
+        v_u, v_c = out.to(x.dtype).chunk(2, 0)
+        w = self.first if unit == 0 else self.rest
+        return v_u + w * (v_c - v_u)

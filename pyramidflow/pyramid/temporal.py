@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.pyramid.transforms import HaarTransform
 
 
 def history_levels(num_history: int, stage: int, num_stages: int) -> list[int]:
@@ -62,6 +63,14 @@ def unit_segments(unit: int, stage: int, num_stages: int) -> list[Segment]:
     return segs
 
 
+def corrupt(x: Tensor, level: Tensor | float, generator=None) -> Tensor:
+    """x -> (1 - s) x + s eps, eps ~ N(0, I) from ``generator``; ``level`` a number or per example (B,)."""
+    if isinstance(level, Tensor) and level.dim() > 0:
+        level = level.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (1 - level) * x + level * eps
+
+
 def corrupt_history(history: Tensor, corrupt_max: float = 1 / 3, generator=None) -> tuple[Tensor, Tensor]:
     """Training-time corruption x -> (1 - s) x + s eps with s ~ U(0, corrupt_max) per example.
 
@@ -71,10 +80,7 @@ def corrupt_history(history: Tensor, corrupt_max: float = 1 / 3, generator=None)
         raise PyramidflowError(f"corrupt_max must lie in [0, 1], got {corrupt_max}")
     b = history.shape[0]
     s = corrupt_max * torch.rand(b, generator=generator, device=history.device, dtype=torch.float64)
-    shape = (b,) + (1,) * (history.dim() - 1)
-    sv = s.to(history.dtype).view(shape)
-    eps = torch.randn(history.shape, generator=generator, device=history.device, dtype=history.dtype)
-    return (1 - sv) * history + sv * eps, s
+    return corrupt(history, s, generator), s
 
 
 def tokens_per_level(latent_hw: Sequence[int], patch_hw: Sequence[int], frames_per_unit: int,
@@ -104,3 +110,32 @@ def max_training_tokens(num_units: int, per_level: Sequence[int]) -> int:
     """The largest sequence of any (unit, stage) training sample of a ``num_units`` video."""
     k = len(per_level)
     return max(sequence_tokens(u, s, per_level) for u in range(num_units) for s in range(k))
+
+
+@dataclass(frozen=True)
+class HistoryUnit:
+    """One compressed history unit handed to the velocity of the current unit."""
+
+    latent: Tensor  # (B, C, F, H / 2^level, W / 2^level)
+    level: int  # levels below full resolution
+    unit: int  # index of the unit in the video
+
+
+def compress_history(units: Sequence[Tensor], stage: int, num_stages: int, transform: HaarTransform
+                     ) -> list[HistoryUnit]:
+    """The history seen at ``stage`` by the unit after ``units`` (each (B, C, F, H, W), full res)."""
+    levels = history_levels(len(units), stage, num_stages)
+    pairs = enumerate(zip(units, levels, strict=True))
+    return [HistoryUnit(transform.down(u, lv), lv, i) for i, (u, lv) in pairs]
+
+
+def split_units(x: Tensor, frames_per_unit: int) -> list[Tensor]:
+    """(B, C, T, H, W) -> T / frames_per_unit units of (B, C, frames_per_unit, H, W)."""
+    if frames_per_unit < 1:
+        raise PyramidflowError(f"frames_per_unit must be >= 1, got {frames_per_unit}")
+    frames = x.shape[2]
+    if frames % frames_per_unit:
+        fits = ", ".join(str(frames_per_unit * k) for k in range(1, 5))
+        raise PyramidflowError(f"{frames} frames do not split into units of {frames_per_unit}: "
+                               f"the frame count must be a multiple of {frames_per_unit} ({fits}, ...)")
+    return list(x.split(frames_per_unit, dim=2))

@@ -84,6 +84,7 @@ def pyramid_flow_loss(
     stage present), so mixed-stage batches need no padding. ``generator`` may be a list with one
     generator per example (see ``per_example_sample``). The returned ``loss`` is the mean over
     the batch; ``per_example.sum()`` serves callers that normalise by a larger (global) batch.
+    The path is drawn on ``x0``'s device (so CPU generators work); the model runs on ``text``'s.
     """
     kwargs = dict(stage=stage, stage_weights=stage_weights, density=density, logit_mean=logit_mean,
                   logit_std=logit_std, clean_pyramid=clean_pyramid)
@@ -91,13 +92,15 @@ def pyramid_flow_loss(
         ts = per_example_sample(x0, schedule, transform, generator, **kwargs)
     else:
         ts = training_sample(x0, schedule, transform, generator=generator, **kwargs)
-    per_example = x0.new_zeros(x0.shape[0], dtype=torch.float32)
-    total = x0.new_zeros((), dtype=torch.float32)
+    dev = text.device  # draws happen where x0 is (e.g. the CPU); the model runs where the text is
+    per_example = torch.zeros(x0.shape[0], dtype=torch.float32, device=dev)
+    total = torch.zeros((), dtype=torch.float32, device=dev)
     per_stage: dict[int, float] = {}
     for s, (idx, x_t, sigma, target) in ts.by_stage().items():
-        pred = call_model(model, x_t.to(x0.dtype), sigma, text[idx], timestep_scale)
-        err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)  # (b,)
+        idx = idx.to(dev)
+        pred = call_model(model, x_t.to(dev, x0.dtype), sigma.to(dev), text[idx], timestep_scale)
+        err = (pred.float() - target.to(dev).float()).pow(2).flatten(1).mean(1)  # (b,)
         total = total + err.sum()
         per_example = per_example.index_copy(0, idx, err.detach())
         per_stage[s] = float(err.detach().mean())
-    return LossOutput(total / x0.shape[0], per_example, ts.stage, ts.sigma, per_stage, total)
+    return LossOutput(total / x0.shape[0], per_example, ts.stage.to(dev), ts.sigma.to(dev), per_stage, total)

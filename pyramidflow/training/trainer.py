@@ -31,6 +31,7 @@ from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule
 from pyramidflow.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from pyramidflow.training.losses import pyramid_flow_loss
+from pyramidflow.training.temporal_loss import TemporalConfig, packed_flow_loss, split_batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,12 +81,14 @@ class LoopConfig:
     keep_last: int = 2
     log_every: int = 10
     validate_every: int = 0  # 0: only at the end (if a validation hook is given)
+    max_minutes: float = 0.0  # > 0: also stop (with a checkpoint) once this much wall-clock time passed
     progress: bool = True
 
 
 @dataclass
 class TrainerConfig:
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
@@ -170,6 +173,7 @@ class Trainer:
             )
         self.micro_batch = loop.batch_size // (world * loop.grad_accum)
         self.schedule, self.transform = config.pyramid.build()
+        config.temporal.check()
         self.encode_text = encode_text
         self.dataset = dataset
         if len(dataset) == 0:
@@ -195,6 +199,7 @@ class Trainer:
         self.step = 0
         self._writer = None
         self._perm_cache: dict[int, list[int]] = {}
+        self.checkpoint_extra: dict[str, Any] = {}  # written into every checkpoint's meta.json
 
     # ------------------------------------------------------- distribution
     def _params(self) -> list[torch.nn.Parameter]:
@@ -252,10 +257,17 @@ class Trainer:
             positions = list(range(start, start + m))
             yield positions, [idx[j] for j in positions]
 
-    def _load(self, indices: list[int]) -> tuple[Tensor, list[str]]:
+    def _load(self, indices: list[int]) -> tuple[Tensor | list[Tensor], list[str]]:
+        """Model-space examples on the CPU: one (B, C, T, H, W) batch, or a list when clip lengths
+        differ. The training paths are drawn there, with the per-example CPU generators, so a run is
+        the same on every device; the model's inputs then move to the accelerator."""
         items = [self.dataset[i] for i in indices]
-        video = torch.stack([it["video"] for it in items]).to(self.accelerator.device)
-        return self.to_model_space(video), [it["text"] for it in items]
+        videos, device = split_batch([it["video"] for it in items]), self.accelerator.device
+        if isinstance(videos, Tensor):
+            x0 = self.to_model_space(videos.to(device)).float().cpu()
+        else:
+            x0 = [self.to_model_space(v[None].to(device)).float().cpu() for v in videos]
+        return x0, [it["text"] for it in items]
 
     # ------------------------------------------------------------- training
     def _micro_step(self, step: int, positions: list[int], indices: list[int]) -> tuple[Tensor, dict]:
@@ -267,12 +279,16 @@ class Trainer:
             for g, t in zip(gens, texts, strict=True)
         ]
         text = self.encode_text(dropped)
+        path = dict(stage_weights=pyr.stage_weights, density=pyr.density, logit_mean=pyr.logit_mean,
+                    logit_std=pyr.logit_std)
+        model, temporal = self.wrapped["transformer"], self.config.temporal
         with self.accelerator.autocast():
-            out = pyramid_flow_loss(
-                self.wrapped["transformer"], x0, text, self.schedule, self.transform, gens,
-                stage_weights=pyr.stage_weights, density=pyr.density, logit_mean=pyr.logit_mean,
-                logit_std=pyr.logit_std,
-            )
+            if isinstance(x0, list) or temporal.autoregressive:  # one packed sequence per example
+                examples = x0 if isinstance(x0, list) else list(x0.split(1, dim=0))
+                out = packed_flow_loss(model, examples, text, self.schedule, self.transform, gens, temporal,
+                                       **path)
+            else:
+                out = pyramid_flow_loss(model, x0, text, self.schedule, self.transform, gens, **path)
         # Normalise by the global batch: the mean over processes of this is the global mean.
         local = out.total * (self.accelerator.num_processes / loop.batch_size)
         return local, {"per_example": out.per_example, "stage": out.stage}
@@ -333,7 +349,8 @@ class Trainer:
                 self.out_dir, self.step, models, optimizers={"main": self.optimizer},
                 schedulers={"main": self.lr_scheduler}, ema=self.ema,
                 data_position=self.step * self.config.loop.batch_size,
-                extra={"seed": self.config.loop.seed}, keep_last=self.config.loop.keep_last,
+                extra={"seed": self.config.loop.seed, **self.checkpoint_extra},
+                keep_last=self.config.loop.keep_last,
             )
         acc.wait_for_everyone()
         return path
@@ -377,7 +394,8 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         stats: dict = {}
         started = time.perf_counter()
-        while self.step < target:
+        deadline = started + 60.0 * loop.max_minutes if loop.max_minutes > 0 else float("inf")
+        while self.step < target and time.perf_counter() < deadline:
             stats = self.train_step()
             bar.update(1)
             if self.step % max(1, loop.log_every) == 0 or self.step == target:

@@ -1,0 +1,75 @@
+"""``pyramidflow demo``: 32 prompts through the shipped tiny model, scored; optionally retrain it first."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DEMO_TRAIN_STEPS = 600  # the --train budget on configs/shapes-tiny.yaml (docs/BENCHMARKS.md)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="sample 32 fixed prompts from the shipped tiny model and score them",
+        description="Sample 32 fixed shapes prompts (every colour, shape, direction and background) from "
+        "the shipped model checkpoints/shapes-tiny, evaluate them and write OUT/clips/*.mp4 (+ prompts), "
+        "OUT/sheet.png and OUT/metrics.json. --train first retrains the model from scratch with "
+        f"configs/shapes-tiny.yaml for {DEMO_TRAIN_STEPS} steps (a short, fixed budget) into OUT/model.",
+    )
+    p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
+    p.add_argument("--train", action="store_true", help="retrain the tiny model from scratch first")
+    p.add_argument("--train-steps", type=int, default=DEMO_TRAIN_STEPS, help="steps for --train")
+    p.add_argument("--checkpoint", default=None, help="model to sample (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _train(out: Path, steps: int, quiet: bool) -> tuple[Path, float]:
+    from pyramidflow.config import load_config
+    from pyramidflow.pipelines.demo import DEFAULT_CONFIG
+    from pyramidflow.pipelines.training_run import train_from_config
+    from pyramidflow.training.experiment import TrainConfig
+
+    if not DEFAULT_CONFIG.is_file():
+        raise FileNotFoundError(f"--train needs the preset {DEFAULT_CONFIG} (run from a source checkout)")
+    model_dir = out / "model"
+    overrides = [f"output_dir={model_dir}", f"loop.max_steps={steps}", "loop.validate_every=0",
+                 f"loop.progress={str(not quiet).lower()}", "optim.warmup_steps=50"]
+    cfg = load_config(TrainConfig, DEFAULT_CONFIG, overrides)
+    started = time.perf_counter()
+    train_from_config(cfg, validate=False)
+    return model_dir / "pipeline", time.perf_counter() - started
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from pyramidflow.pipelines import PyramidFlowPipeline
+    from pyramidflow.pipelines.demo import DEFAULT_CHECKPOINT, run_demo
+
+    out = Path(args.out)
+    train_seconds = None
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if args.train:
+        checkpoint, train_seconds = _train(out, args.train_steps, args.quiet)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"no model at {checkpoint}: pass --checkpoint DIR or --train")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = PyramidFlowPipeline.from_pretrained(checkpoint, device=device)
+    metrics = run_demo(pipe, out, seed=args.seed, progress=not args.quiet)
+    metrics["checkpoint"] = str(checkpoint)
+    if train_seconds is not None:
+        metrics["train_seconds"], metrics["train_steps"] = round(train_seconds, 1), args.train_steps
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    acc = metrics["accuracy"]
+    shown = ", ".join(f"{k} {acc[k]:.2f}" for k in ("color", "shape", "direction", "background", "all"))
+    fd = metrics["frechet"]
+    print(f"demo: {metrics['count']} clips from {checkpoint} in {metrics['sample_seconds']:.1f} s -> {out}")
+    print(f"accuracy: {shown}; Fréchet distance to real clips {fd:.3f}")
+    return 0

@@ -1,0 +1,67 @@
+"""Pick a clip dataset from a config: the built-in shapes, a folder of videos, or a manifest.
+
+Every source yields ``{"video": (T, 3, H, W) float in [0, 1], "text": str, ...}``. Images mix in
+as one-frame clips: real folders and manifests hold them naturally (``images="single"``); for the
+procedural shapes :func:`with_images` adds rendered stills.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyramidflow.errors import PyramidflowError
+
+SOURCES = ("shapes", "folder", "manifest")
+
+
+def clip_dataset(
+    source: str,
+    path: str | None = None,
+    *,
+    frames: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    length: int = 10_000,
+    split: str = "train",
+    fps: float | None = None,
+    stride: int | None = None,
+    **shapes_kwargs,
+) -> torch.utils.data.Dataset:
+    """A clip dataset of ``frames`` x ``height`` x ``width`` from ``source`` (see :data:`SOURCES`)."""
+    if source == "shapes":
+        from pyramidflow.data.shapes import ShapesDataset
+
+        return ShapesDataset(height=height, width=width, num_frames=frames, seed=seed, length=length,
+                             split=split, fps=fps or 8.0, **shapes_kwargs)
+    if source not in SOURCES:
+        raise PyramidflowError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
+    if not path:
+        raise PyramidflowError(f"data source {source!r} needs a path (data.path)")
+    if source == "folder":
+        from pyramidflow.data.video import VideoFolderDataset
+
+        return VideoFolderDataset(path, frames=frames, height=height, width=width, fps=fps, stride=stride)
+    from pyramidflow.data.manifest import ManifestDataset
+
+    return ManifestDataset(path, frames=frames, height=height, width=width, fps=fps, stride=stride)
+
+
+def with_images(videos: torch.utils.data.Dataset, images: torch.utils.data.Dataset | None
+                ) -> torch.utils.data.Dataset:
+    """Videos and one-frame images in one dataset (a training permutation mixes them)."""
+    if images is None or len(images) == 0:
+        return videos
+    return torch.utils.data.ConcatDataset([videos, images])
+
+
+def captions(dataset, limit: int | None = None) -> list[str]:
+    """Captions of a dataset without decoding its videos where the dataset allows it."""
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return [c for part in dataset.datasets for c in captions(part, limit)]
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if hasattr(dataset, "attributes") and hasattr(dataset, "caption"):  # procedural: no rendering
+        return [dataset.caption(dataset.attributes(i)) for i in range(n)]
+    if hasattr(dataset, "entries"):  # video files: captions are in the listing
+        return [e.text for e in dataset.entries[:n]]
+    return [dataset[i]["text"] for i in range(n)]

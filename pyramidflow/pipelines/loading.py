@@ -1,0 +1,125 @@
+"""Saving and loading pipelines: saved pipeline folders, training checkpoints, training outputs.
+
+A saved pipeline (diffusers-style layout)::
+
+    model_index.json     class, component classes, the PipelineConfig
+    transformer/         PyramidDiT (config.json + safetensors)
+    text_encoder/        the text encoder (embedded: weights + vocab.json)
+    vae/                 latent-space models only
+
+A training checkpoint (``OUT/checkpoint-STEP``, see :mod:`pyramidflow.training.checkpoint`) carries
+its :class:`TrainConfig` in ``meta.json``; its EMA weights are used by default. A training output
+folder resolves to its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from pyramidflow import __version__
+from pyramidflow.config import from_dict, to_dict
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models import PyramidDiT, load_text_encoder
+from pyramidflow.training.checkpoint import resolve_checkpoint
+from pyramidflow.training.experiment import config_of_checkpoint
+
+INDEX = "model_index.json"
+COMPONENTS = ("transformer", "text_encoder", "vae")
+
+
+def _weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _load_vae(path):
+    from pyramidflow.models.vae import load_vae
+
+    return load_vae(path)
+
+
+def _from_index(path: Path):
+    from pyramidflow.pipelines.pyramid_flow import PipelineConfig
+
+    index = json.loads((path / INDEX).read_text())
+    if index.get("_class_name") != "PyramidFlowPipeline":
+        raise PyramidflowError(f"{path / INDEX} describes {index.get('_class_name')!r}, "
+                               "not a PyramidFlowPipeline")
+    config = from_dict(PipelineConfig, index.get("config", {}))
+    for name in ("transformer", "text_encoder") + (("vae",) if config.space == "latent" else ()):
+        if not _weights(path / name):
+            raise FileNotFoundError(f"incomplete pipeline {path}: {name}/ has no config.json and "
+                                    "safetensors weights")
+    transformer = PyramidDiT.from_pretrained(path / "transformer", torch_dtype=torch.float32)
+    text_encoder = load_text_encoder(path / "text_encoder")
+    vae = _load_vae(path / "vae") if config.space == "latent" else None
+    return transformer, text_encoder.float(), vae, config
+
+
+def _from_checkpoint(ckpt: Path, use_ema: bool):
+    from pyramidflow.pipelines.pyramid_flow import PipelineConfig
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = config_of_checkpoint(meta.get("extra", {}))
+
+    def pick(name: str) -> Path | None:
+        for folder in ((f"ema_{name}", name) if use_ema else (name,)):
+            if _weights(ckpt / folder):
+                return ckpt / folder
+        return None
+
+    folder = pick("transformer")
+    if folder is None:
+        raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no transformer weights "
+                                "(transformer/ or ema_transformer/ with config.json and safetensors)")
+    transformer = PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32)
+    text_folder = pick("text_encoder")
+    if text_folder is None and not cfg.text_encoder.path:
+        raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no text_encoder/ weights and the config "
+                                "names no text_encoder.path")
+    if text_folder is not None:
+        text_encoder = load_text_encoder(text_folder)
+    else:
+        text_encoder = load_text_encoder(cfg.text_encoder.path, max_length=cfg.text_encoder.max_length,
+                                         cache_dir=cfg.text_encoder.cache_dir)
+    vae = _load_vae(cfg.vae) if cfg.space == "latent" else None
+    return transformer, text_encoder, vae, PipelineConfig.from_train(cfg)
+
+
+def load_pipeline_parts(path: Path, use_ema: bool = True):
+    """(transformer, text_encoder, vae, PipelineConfig) from any of the three layouts."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if (path / INDEX).is_file():
+        return _from_index(path)
+    if (path / "meta.json").is_file():
+        return _from_checkpoint(path, use_ema)
+    latest = resolve_checkpoint(path, "latest") if path.is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(f"{path} is not a pipeline ({INDEX}), a checkpoint (meta.json) or a "
+                                "training output folder (checkpoint-STEP/ inside)")
+    return _from_checkpoint(latest, use_ema)
+
+
+def _save_component(module, folder: Path, dtype: torch.dtype | None) -> list[str]:
+    if not hasattr(module, "save_pretrained"):
+        raise PyramidflowError(f"cannot save {type(module).__name__}: it has no save_pretrained")
+    if dtype is not None and isinstance(module, torch.nn.Module):
+        module = copy.deepcopy(module).to(dtype)
+    module.save_pretrained(folder)
+    return [type(module).__module__.split(".")[0], type(module).__name__]
+
+
+def save_pipeline(pipe, path: Path, weights_dtype: torch.dtype | None = None) -> Path:
+    """Write the layout of the module docstring (``weights_dtype``: e.g. float16 to halve the size)."""
+    path.mkdir(parents=True, exist_ok=True)
+    index: dict = {"_class_name": "PyramidFlowPipeline", "_pyramidflow_version": __version__}
+    for name in COMPONENTS:
+        module = getattr(pipe, name)
+        index[name] = None if module is None else _save_component(module, path / name, weights_dtype)
+    index["config"] = to_dict(pipe.config)
+    (path / INDEX).write_text(json.dumps(index, indent=2))
+    return path

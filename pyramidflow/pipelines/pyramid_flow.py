@@ -1,0 +1,269 @@
+"""``PyramidFlowPipeline``: text-to-video, text-to-image and image-to-video with a pyramidal flow model.
+
+A diffusers-style pipeline object: ``from_pretrained(dir)`` / ``save_pretrained(dir)`` /
+``pipe(prompt, ...) -> PyramidFlowOutput(frames=...)``. Components: a :class:`PyramidDiT`, a text
+encoder (``encode(prompts) -> (embeddings, mask)``) and, for latent-space models, a VAE.
+
+Generation follows the model's temporal mode (MATH.md section 7):
+
+* ``autoregressive``: unit by unit (:func:`generate_units`), each unit by Algorithm 1 with the
+  compressed clean history and the history cache; the first unit is generated like an image with
+  ``guidance_scale`` (and ``first_steps``), later units with ``video_guidance_scale``. An ``image``
+  becomes the first unit (image-to-video).
+* ``full_sequence``: all frames at once by Algorithm 1, guidance ``guidance_scale`` on the first
+  frame and ``video_guidance_scale`` on the rest.
+
+``num_frames=1`` is text-to-image in both modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models import UnitVelocity
+from pyramidflow.pipelines.autoregressive import generate_units
+from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
+from pyramidflow.pyramid import sample
+from pyramidflow.training.experiment import SamplingConfig, TrainConfig
+from pyramidflow.training.temporal_loss import TemporalConfig
+from pyramidflow.training.trainer import PyramidConfig
+
+
+@dataclass
+class PipelineConfig:
+    """What a pipeline needs besides its weights (saved in ``model_index.json``)."""
+
+    space: str = "pixel"
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    frames: int = 4  # default video frames
+    height: int = 32
+    width: int = 32
+    fps: float = 8.0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig) -> PipelineConfig:
+        d = cfg.data
+        return cls(cfg.space, cfg.pyramid, cfg.temporal, d.frames, d.height, d.width, d.fps, cfg.sampling)
+
+
+@dataclass
+class PyramidFlowOutput:
+    frames: np.ndarray | Tensor  # np: (B, T, H, W, 3) uint8; pt: (B, T, 3, H, W) float in [0, 1]
+    latents: Tensor  # (B, C, T', h, w) model-space result
+
+
+class PyramidFlowPipeline:
+    """Pyramidal flow generation; see the module docstring."""
+
+    def __init__(self, transformer, text_encoder, vae=None, config: PipelineConfig | None = None) -> None:
+        self.transformer, self.text_encoder, self.vae = transformer, text_encoder, vae
+        self.config = config or PipelineConfig()
+        if self.config.space == "latent" and vae is None:
+            raise PyramidflowError("a latent-space pipeline needs its vae")
+        self.config.temporal.check()
+        self.schedule, self.transform = self.config.pyramid.build()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device=None, torch_dtype: torch.dtype | None = None,
+                        use_ema: bool = True) -> PyramidFlowPipeline:
+        """A saved pipeline, a training checkpoint (EMA weights by default) or a training output folder."""
+        from pyramidflow.pipelines.loading import load_pipeline_parts
+
+        parts = load_pipeline_parts(Path(path), use_ema=use_ema)
+        pipe = cls(*parts)
+        return pipe.to(device or "cpu", torch_dtype)
+
+    def save_pretrained(self, path: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
+        """Write ``model_index.json`` and one folder per component (safetensors); returns ``path``.
+
+        ``weights_dtype`` (e.g. ``torch.float16``) stores smaller weights; loading casts them back.
+        """
+        from pyramidflow.pipelines.loading import save_pipeline
+
+        return save_pipeline(self, Path(path), weights_dtype)
+
+    def to(self, device, dtype: torch.dtype | None = None) -> PyramidFlowPipeline:
+        for module in (self.transformer, self.text_encoder, self.vae):
+            if isinstance(module, torch.nn.Module):
+                module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    # ------------------------------------------------------------------ shapes
+    def model_frames(self, num_frames: int) -> int:
+        """Frames in model space for ``num_frames`` video frames; a clear error if they do not fit."""
+        if num_frames < 1:
+            raise PyramidflowError(f"num_frames must be >= 1, got {num_frames}")
+        if self.vae is not None:
+            self.vae.check_frames(num_frames)
+        frames = self._frames_or_none(num_frames)
+        if frames is None:
+            f = self.config.temporal.frames_per_unit
+            fits = [n for n in range(1, 16 * f + 1) if self._frames_or_none(n) is not None][:6]
+            raise PyramidflowError(f"num_frames={num_frames} does not fit units of {f} frame(s); "
+                                   f"valid values: {', '.join(map(str, fits))}, ...")
+        return frames
+
+    def _frames_or_none(self, num_frames: int) -> int | None:
+        frames = num_frames
+        if self.vae is not None:
+            tc = self.vae.temporal_compression
+            if (num_frames - 1) % tc:
+                return None
+            frames = 1 + (num_frames - 1) // tc
+        if self.config.temporal.autoregressive and frames % self.config.temporal.frames_per_unit:
+            return None
+        return frames
+
+    def model_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """(B, C, T, h, w) in model space; a clear error for sizes the pyramid and patches cannot take."""
+        scale = 1 if self.vae is None else self.vae.spatial_compression
+        _, ph, pw = self.transformer.config.patch_size
+        levels = 2 ** (self.schedule.num_stages - 1)
+        for name, size, patch in (("height", height, ph), ("width", width, pw)):
+            m = scale * levels * patch
+            if size < m or size % m:
+                raise PyramidflowError(f"{name} {size} does not fit this model ({self.schedule.num_stages} "
+                                       f"stages, patch {patch}): it must be a multiple of {m} "
+                                       f"(valid: {m}, {2 * m}, {3 * m}, ...)")
+        if self.vae is None:
+            return (batch, 3, self.model_frames(num_frames), height, width)
+        c, t, h, w = self.vae.latent_shape(num_frames, height, width)
+        return (batch, c, t, h, w)
+
+    # ------------------------------------------------------------------ inputs / outputs
+    def encode_prompt(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(B, L, D) embeddings of the prompts and (1, L, D) of the empty prompt."""
+        text = self.text_encoder.encode(list(prompts))[0].to(self.dtype)
+        null = self.text_encoder.encode([""])[0].to(self.dtype)
+        return text, null
+
+    def encode_image(self, image, height: int, width: int) -> Tensor:
+        """A first frame (path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor in [0, 1]),
+        resized on the shorter side and centre-cropped to (height, width) -> (1, C, F, h, w)."""
+        from pyramidflow.pipelines.images import load_image
+
+        pixels = load_image(image, height, width).to(self.device)  # (3, H, W) in [0, 1]
+        video = pixels.mul(2).sub(1)[None, :, None]  # (1, 3, 1, H, W) in [-1, 1]
+        if self.vae is not None:
+            return self.vae.encode(video.to(self.vae.dtype)).to(self.dtype)
+        f = self.config.temporal.frames_per_unit
+        if f != 1:
+            raise PyramidflowError(f"image-to-video needs units of one frame, this model has {f}")
+        return video.to(self.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Model-space (B, C, T, h, w) -> video (B, T, 3, H, W) in [0, 1]."""
+        video = latents if self.vae is None else self.vae.decode(latents.to(self.vae.dtype))
+        return video.float().clamp(-1, 1).add(1).div(2).permute(0, 2, 1, 3, 4)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        image=None,
+        num_inference_steps: Sequence[int] | None = None,
+        first_steps: Sequence[int] | None = None,
+        guidance_scale: float | None = None,
+        video_guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+        output_type: str = "np",
+        progress: bool = True,
+    ) -> PyramidFlowOutput:
+        """Generate one clip per prompt. Unset arguments take the model's saved defaults."""
+        cfg, s = self.config, self.config.sampling
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise PyramidflowError("give at least one prompt")
+        if output_type not in ("np", "pt"):
+            raise PyramidflowError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        num_frames = cfg.frames if num_frames is None else int(num_frames)
+        height, width = height or cfg.height, width or cfg.width
+        steps = tuple(num_inference_steps or s.steps)
+        first = tuple(first_steps or s.first_steps or steps)
+        w_first = s.guidance if guidance_scale is None else float(guidance_scale)
+        w_rest = video_guidance_scale if video_guidance_scale is not None else s.video_guidance
+        w_rest = w_first if w_rest is None else float(w_rest)
+        shape = self.model_shape(len(prompts), num_frames, height, width)
+        ar = cfg.temporal.autoregressive
+        unit = (*shape[:2], cfg.temporal.frames_per_unit, *shape[3:]) if ar else shape
+        self.transform.check_shape(unit, self.schedule.num_stages - 1)
+        self.schedule.check_steps(steps), self.schedule.check_steps(first)
+        if generator is None:
+            generator = torch.Generator(self.device).manual_seed(0 if seed is None else int(seed))
+        text, null = self.encode_prompt(prompts)
+        guided = w_first != 1.0 or w_rest != 1.0
+        prefix = []
+        if image is not None:
+            if not cfg.temporal.autoregressive:
+                raise PyramidflowError("image-to-video needs an autoregressive model (temporal.mode: "
+                                       "autoregressive); this one generates full sequences")
+            prefix = [self.encode_image(image, height, width).expand(len(prompts), -1, -1, -1, -1)]
+        bar = _Progress(progress, self._evaluations(shape, steps, first, len(prefix)))
+        if cfg.temporal.autoregressive:
+            f = cfg.temporal.frames_per_unit
+            both = torch.cat([null.expand_as(text), text]) if guided else text
+            velocity = UnitVelocity(self.transformer, both, self.schedule.num_stages, use_cache=use_cache)
+            fn = GuidedUnitVelocity(velocity, w_first, w_rest) if guided else velocity
+            latents = generate_units(bar.wrap(fn), self.schedule, self.transform, unit, shape[2] // f,
+                                     steps, first, generator, prefix, dtype=torch.float32)
+        else:
+            fn = guided_velocity(self.transformer, text, null if guided else None, w_rest, w_first,
+                                 self.transform)
+            latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
+                             device=self.device)
+        bar.close()
+        video = self.decode(latents.to(self.dtype))
+        if output_type == "np":
+            frames = (video * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+            return PyramidFlowOutput(frames, latents)
+        return PyramidFlowOutput(video, latents)
+
+    def _evaluations(self, shape, steps, first, given: int) -> int:
+        if not self.config.temporal.autoregressive:
+            return sum(steps)
+        units = shape[2] // self.config.temporal.frames_per_unit
+        return sum(first) * (given == 0) + sum(steps) * (units - max(given, 1))
+
+
+class _Progress:
+    """A tqdm bar ticked once per network evaluation."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, disable=not enabled, desc="sample", dynamic_ncols=True)
+
+    def wrap(self, fn: Callable) -> Callable:
+        def f(*args):
+            out = fn(*args)
+            self.bar.update(1)
+            return out
+
+        return f
+
+    def close(self) -> None:
+        self.bar.close()
