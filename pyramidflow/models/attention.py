@@ -6,8 +6,12 @@ inside a unit). An :class:`AttentionLayout` turns the ids into the cheapest exac
 forward pass, shared by every layer:
 
 * ``"full"``: every query sees every key: one SDPA call with no mask (fast kernels apply);
-* ``"groups"``: tokens sorted by (sample, unit): each run of queries sees one contiguous key range,
-  so attention is a few unmasked SDPA calls and no O(L^2) mask is ever built;
+* ``"groups"``: one sample, tokens sorted by unit: each run of queries sees one contiguous key
+  range, so attention is a few unmasked SDPA calls and no O(L^2) mask is ever built;
+* ``"padded"``: several packed samples, each contiguous: they are scattered into a padded batch
+  (samples, longest, ...) and attend in one SDPA call with a per-sample block-causal mask, so the
+  cost is samples x longest^2 and the backward pass stays linear in the tokens (slicing every group
+  out of one long sequence would make it O(groups x tokens));
 * ``"dense"``: anything else: a boolean (Sq, Sk) mask, or a FlexAttention block mask on CUDA.
 """
 
@@ -39,6 +43,9 @@ class AttentionLayout:
         self._dense: Tensor | None = None
         self._block_mask = None
         self.kind, self.groups = self._plan()
+        self.padding: Padding | None = None
+        if self.kind == "groups" and Padding.applies(self.q_sample, self.k_sample):
+            self.kind, self.padding = "padded", Padding(self)
 
     def allowed_rows(self, q_index: Tensor) -> Tensor:
         """(len(q_index), Sk) bool: which keys the given queries may attend to."""
@@ -88,6 +95,57 @@ class AttentionLayout:
         return self._block_mask
 
 
+class Padding:
+    """Scatter plan of the ``"padded"`` layout: packed tokens <-> a (samples, longest) batch."""
+
+    @staticmethod
+    def applies(q_sample: Tensor, k_sample: Tensor) -> bool:
+        """Several samples, each a contiguous run of queries and of keys, in the same order."""
+        def runs(ids: Tensor) -> Tensor:
+            return torch.unique_consecutive(ids)
+
+        rq, rk = runs(q_sample), runs(k_sample)
+        return rq.numel() > 1 and rq.numel() == q_sample.unique().numel() and torch.equal(rq, rk)
+
+    def __init__(self, layout: AttentionLayout) -> None:
+        q_ids, q_counts = torch.unique_consecutive(layout.q_sample, return_counts=True)
+        _, k_counts = torch.unique_consecutive(layout.k_sample, return_counts=True)
+        self.n, self.lq, self.lk = q_ids.numel(), int(q_counts.max()), int(k_counts.max())
+        self.q_index = self._positions(q_counts, self.lq)  # (Sq,) into the flat (n * lq)
+        self.k_index = self._positions(k_counts, self.lk)
+        dev = layout.q_unit.device
+        q_unit = torch.full((self.n * self.lq,), -1, dtype=torch.long, device=dev)
+        k_unit = torch.full((self.n * self.lk,), 2**62, dtype=torch.long, device=dev)  # padding: hidden
+        q_unit[self.q_index], k_unit[self.k_index] = layout.q_unit, layout.k_unit
+        q_unit, k_unit = q_unit.view(self.n, self.lq, 1), k_unit.view(self.n, 1, self.lk)
+        mask = k_unit <= q_unit  # (n, lq, lk)
+        mask[:, :, 0] |= q_unit[:, :, 0] < 0  # padded query rows see one key (their output is dropped)
+        self.mask = mask[:, None]  # (n, 1, lq, lk)
+
+    @staticmethod
+    def _positions(counts: Tensor, longest: int) -> Tensor:
+        starts = torch.arange(counts.numel(), device=counts.device) * longest
+        sample = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+        offset = torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        return starts[sample] + offset
+
+    def scatter(self, x: Tensor, index: Tensor, longest: int) -> Tensor:
+        """(B, H, S, D) -> (B * n, H, longest, D), zeros where a sample is shorter."""
+        b, h, _, d = x.shape
+        flat = x.new_zeros(b, h, self.n * longest, d).index_copy(2, index, x)
+        return flat.view(b, h, self.n, longest, d).transpose(1, 2).reshape(b * self.n, h, longest, d)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        b, h, _, d = q.shape
+        mask = self.mask.repeat(b, 1, 1, 1) if b > 1 else self.mask
+        out = F.scaled_dot_product_attention(self.scatter(q, self.q_index, self.lq),
+                                             self.scatter(k, self.k_index, self.lk),
+                                             self.scatter(v, self.k_index, self.lk), attn_mask=mask)
+        out = out.view(b, self.n, h, self.lq, d).transpose(1, 2).reshape(b, h, self.n * self.lq, d)
+        return out.index_select(2, self.q_index)
+
+
 @cache
 def _flex_fn(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
@@ -112,6 +170,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout | None, back
         with warnings.catch_warnings():  # eager FlexAttention (CPU) warns that it is not compiled
             warnings.simplefilter("ignore", UserWarning)
             out = _flex_fn(_flex_compiles(q))(q, k, v, block_mask=layout.block_mask())
+    elif layout.kind == "padded":
+        out = layout.padding.attend(q, k, v)
     elif layout.kind == "groups":
         out = torch.cat(
             [F.scaled_dot_product_attention(q[:, :, qs:qe], k[:, :, ks:ke], v[:, :, ks:ke])

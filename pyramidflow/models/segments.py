@@ -62,7 +62,9 @@ class Modulation:
 
     def __init__(self, table: Tensor, repeats: Sequence[int] | Tensor | None) -> None:
         self.table = table
-        self.runs = None if repeats is None else _runs([int(r) for r in repeats])
+        self.repeats = None if repeats is None else [int(r) for r in repeats]
+        self.runs = None if repeats is None else _runs(self.repeats)
+        self._index: Tensor | None = None
 
     def vectors(self, base: Tensor) -> list[Tensor]:
         """base (1, k, dim) + table -> k float32 tensors (B, M, dim): one vector per entry."""
@@ -77,9 +79,20 @@ class Modulation:
         """
         if self.runs is None:
             return fn(*tokens, *vectors)
+        if len(self.runs) > MAX_RUNS or torch.is_grad_enabled():
+            # many runs (packed batches) or training: expand the vectors to the tokens once; slicing
+            # runs out of the sequence would cost O(runs x tokens) in the backward pass
+            if self._index is None:
+                reps = torch.tensor(self.repeats, device=self.table.device)
+                entries = torch.arange(len(self.repeats), device=reps.device)
+                self._index = torch.repeat_interleave(entries, reps)
+            return fn(*tokens, *(v.index_select(1, self._index) for v in vectors))
         parts = [fn(*(x[:, t0:t1] for x in tokens), *(v[:, e0:e1] for v in vectors))
                  for t0, t1, e0, e1 in self.runs]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+MAX_RUNS = 8  # above this many runs, vectors are expanded to tokens (one fused call, not one per run)
 
 
 def _runs(repeats: Sequence[int]) -> list[tuple[int, int, int, int]]:
