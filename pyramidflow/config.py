@@ -70,6 +70,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise PyramidflowError(f"{key}: expected a number, got {value!r}") from None
     if annotation is bool:
         if not isinstance(value, bool):
             raise PyramidflowError(f"{key}: expected true or false, got {value!r}")

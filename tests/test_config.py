@@ -46,3 +46,16 @@ def test_unknown_keys_and_bad_types(tmp_path):
         apply_overrides({}, ["steps"])
     with pytest.raises(FileNotFoundError):
         load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_floats_written_like_3e_4_are_numbers(tmp_path):
+    from pyramidflow.training.experiment import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 3e-4\n")
+    cfg = load_config(TrainConfig, tmp_path / "c.yaml", ["optim.betas=[0.9, 9e-1]", "loop.ema_decay=1e-1"])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.9, 0.9) and cfg.loop.ema_decay == 0.1
+    with pytest.raises(ValueError, match="optim.lr: expected a number"):
+        load_config(TrainConfig, None, ["optim.lr=fast"])
+    assert load_config(TrainConfig, None, ["checkpoint_every=7"]).loop.checkpoint_every == 7
+    with pytest.raises(ValueError, match="ambiguous; write one of: data.seed, loop.seed"):
+        load_config(TrainConfig, None, ["seed=3"])

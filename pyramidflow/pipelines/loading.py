@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -108,9 +109,23 @@ def _save_component(module, folder: Path, dtype: torch.dtype | None) -> list[str
     if not hasattr(module, "save_pretrained"):
         raise PyramidflowError(f"cannot save {type(module).__name__}: it has no save_pretrained")
     if dtype is not None and isinstance(module, torch.nn.Module):
-        module = copy.deepcopy(module).to(dtype)
+        module = copy.deepcopy(module)
+        with _quiet_diffusers():  # it warns that casting by .to() ignores float32-only modules: intended
+            module.to(dtype)
     module.save_pretrained(folder)
     return [type(module).__module__.split(".")[0], type(module).__name__]
+
+
+@contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def save_pipeline(pipe, path: Path, weights_dtype: torch.dtype | None = None) -> Path:
