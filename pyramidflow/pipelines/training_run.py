@@ -70,6 +70,7 @@ class Validator:
         write_clips(folder, video, self.prompts, self.cfg.data.fps)
         scores = score_clips(list(video), self.prompts, self.reference)
         flat = {k: v for k, v in scores["accuracy"].items() if isinstance(v, float)}
+        flat["train_seconds"] = round(trainer.train_seconds, 2)
         if scores["frechet"] is not None:
             flat["frechet"] = scores["frechet"]
         (folder / "metrics.json").write_text(json.dumps({"step": step, **flat}, indent=1))

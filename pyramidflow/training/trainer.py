@@ -194,12 +194,15 @@ class Trainer:
         # (``_sync_gradients``), which is the same update. The LR scheduler steps once per
         # optimiser step whatever the number of processes.
         self.wrapped = {k: m.to(accelerator.device) for k, m in self.modules.items()}
+        for ema in self.ema.values():
+            ema.to(accelerator.device)
         self._broadcast_parameters()
         self.optimizer, self.lr_scheduler = opt, sched
         self.step = 0
         self._writer = None
         self._perm_cache: dict[int, list[int]] = {}
         self.checkpoint_extra: dict[str, Any] = {}  # written into every checkpoint's meta.json
+        self.train_seconds = 0.0  # wall-clock time spent in train_step by this process (this session)
 
     # ------------------------------------------------------- distribution
     def _params(self) -> list[torch.nn.Parameter]:
@@ -396,7 +399,9 @@ class Trainer:
         started = time.perf_counter()
         deadline = started + 60.0 * loop.max_minutes if loop.max_minutes > 0 else float("inf")
         while self.step < target and time.perf_counter() < deadline:
+            tick = time.perf_counter()
             stats = self.train_step()
+            self.train_seconds += time.perf_counter() - tick
             bar.update(1)
             if self.step % max(1, loop.log_every) == 0 or self.step == target:
                 self._log(stats)
