@@ -108,3 +108,15 @@ def test_two_processes_match_one_process(tmp_path):
     for k in one["state"]:
         torch.testing.assert_close(r0["state"][k], one["state"][k], rtol=1e-5, atol=1e-6)
     assert r0["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_ema_decay_warms_up():
+    from pyramidflow.training.trainer import ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == 0.1 and ema_decay_at(0.999, 90) == 0.91
+    assert ema_decay_at(0.999, 10**6) == 0.999
+    # the initial weights' share of the average after n updates
+    share = 1.0
+    for n in range(600):
+        share *= ema_decay_at(0.999, n)
+    assert share < 0.01 < 0.999**600
