@@ -174,6 +174,10 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._items)
 
+    def caption(self, i: int) -> str:
+        """The caption of item ``i`` (from the index; no tensor is read)."""
+        return self._items[i][1].get("caption", "")
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         file, item = self._items[i]
         key = item["key"]

@@ -11,7 +11,26 @@ import torch
 
 from pyramidflow.errors import PyramidflowError
 
-SOURCES = ("shapes", "folder", "manifest")
+SOURCES = ("shapes", "folder", "manifest", "latents")
+
+
+class LatentClips(torch.utils.data.Dataset):
+    """A latent cache (``pyramidflow cache-latents``) as clips: ``{"video": (C, T, h, w) normalised
+    latents, "text": caption}``. Training on it skips the VAE encoder (``to_model_space`` is the
+    identity); the cache's header says which VAE made it."""
+
+    def __init__(self, root) -> None:
+        from pyramidflow.data.latent_cache import LatentCacheDataset
+
+        self.cache = LatentCacheDataset(root)
+        self.header = self.cache.header
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.cache[i]
+        return {"video": item["latents"].float(), "text": item["caption"]}
 
 
 def clip_dataset(
@@ -28,7 +47,8 @@ def clip_dataset(
     stride: int | None = None,
     **shapes_kwargs,
 ) -> torch.utils.data.Dataset:
-    """A clip dataset of ``frames`` x ``height`` x ``width`` from ``source`` (see :data:`SOURCES`)."""
+    """A clip dataset of ``frames`` x ``height`` x ``width`` from ``source`` (see :data:`SOURCES`;
+    ``latents`` reads a latent cache folder, whose clips keep the size they were encoded at)."""
     if source == "shapes":
         from pyramidflow.data.shapes import ShapesDataset
 
@@ -38,6 +58,8 @@ def clip_dataset(
         raise PyramidflowError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
     if not path:
         raise PyramidflowError(f"data source {source!r} needs a path (data.path)")
+    if source == "latents":
+        return LatentClips(path)
     if source == "folder":
         from pyramidflow.data.video import VideoFolderDataset
 
@@ -64,4 +86,6 @@ def captions(dataset, limit: int | None = None) -> list[str]:
         return [dataset.caption(dataset.attributes(i)) for i in range(n)]
     if hasattr(dataset, "entries"):  # video files: captions are in the listing
         return [e.text for e in dataset.entries[:n]]
+    if isinstance(dataset, LatentClips):
+        return [dataset.cache.caption(i) for i in range(n)]
     return [dataset[i]["text"] for i in range(n)]

@@ -21,9 +21,9 @@ from pyramidflow.pipelines.pyramid_flow import PipelineConfig, PyramidFlowPipeli
 from pyramidflow.training.experiment import Components, TrainConfig, build_components, make_trainer
 
 
-def held_out(cfg: TrainConfig, count: int) -> tuple[list[str], list[torch.Tensor]]:
+def held_out(cfg: TrainConfig, count: int, vae=None) -> tuple[list[str], list[torch.Tensor]]:
     """Prompts and clips (T, 3, H, W) in [0, 1] to validate with: the shapes validation split, or
-    the first clips of a real dataset."""
+    the first clips of a real dataset (a latent cache's clips decoded by ``vae``)."""
     d = cfg.data
     if d.source == "shapes":
         ds = clip_dataset("shapes", frames=d.frames, height=d.height, width=d.width, seed=d.seed,
@@ -31,7 +31,17 @@ def held_out(cfg: TrainConfig, count: int) -> tuple[list[str], list[torch.Tensor
     else:
         ds = clip_dataset(d.source, d.path, frames=d.frames, height=d.height, width=d.width, fps=d.fps)
     items = [ds[i] for i in range(min(count, len(ds)))]
-    return [it["text"] for it in items], [it["video"] for it in items]
+    clips = [it["video"] for it in items]
+    if d.source == "latents":
+        clips = [_decode(vae, z) for z in clips]
+    return [it["text"] for it in items], clips
+
+
+@torch.no_grad()
+def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(C, T, h, w) normalised latents -> (T, 3, H, W) in [0, 1]."""
+    video = vae.decode(latents[None].to(next(vae.parameters()).device, vae.dtype))[0]
+    return video.float().clamp(-1, 1).add(1).div(2).permute(1, 0, 2, 3).cpu()
 
 
 def write_clips(folder: Path, videos, prompts: list[str], fps: float, names: list[str] | None = None,
@@ -60,7 +70,7 @@ class Validator:
 
     def __init__(self, cfg: TrainConfig, parts: Components) -> None:
         self.cfg, self.parts = cfg, parts
-        self.prompts, self.reference = held_out(cfg, cfg.validation_prompts)
+        self.prompts, self.reference = held_out(cfg, cfg.validation_prompts, parts.vae)
 
     def __call__(self, trainer, step: int) -> dict:
         pipe = pipeline_of(trainer, self.cfg, self.parts)

@@ -65,7 +65,7 @@ class TextEncoderConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"  # shapes | folder | manifest
+    source: str = "shapes"  # shapes | folder | manifest | latents (a cache-latents folder)
     path: str | None = None
     frames: int = 4  # video frames per clip
     height: int = 32
@@ -114,6 +114,8 @@ class TrainConfig:
                                    f"valid: {', '.join(TEXT_KINDS)}")
         if self.text_encoder.kind == "pretrained" and not self.text_encoder.path:
             raise PyramidflowError("text_encoder.kind: pretrained needs text_encoder.path (a local folder)")
+        if self.data.source == "latents" and self.space != "latent":
+            raise PyramidflowError("data.source: latents needs space: latent and the vae that made the cache")
         if not 0.0 <= self.data.image_ratio < 1.0:
             raise PyramidflowError(f"data.image_ratio must lie in [0, 1), got {self.data.image_ratio}")
         self.temporal.check()
@@ -191,6 +193,25 @@ def latent_space(vae) -> Callable[[Tensor], Tensor]:
     return encode
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def check_cache_matches(dataset, vae) -> None:
+    """A latent cache must come from this VAE: same class, channels and normalisation."""
+    header = dataset.header
+    mean, std = vae.latent_stats()
+    same = (header.get("vae_class") == type(vae).__name__
+            and header.get("latent_channels") == vae.latent_channels
+            and torch.allclose(torch.tensor(header.get("latents_mean", [])).float(), mean.float().cpu())
+            and torch.allclose(torch.tensor(header.get("latents_std", [])).float(), std.float().cpu()))
+    if not same:
+        raise PyramidflowError(f"the latent cache was made by {header.get('vae_class')} with "
+                               f"{header.get('latent_channels')} channels and other statistics than "
+                               f"the configured vae ({type(vae).__name__}, {vae.latent_channels} channels): "
+                               "set vae: to the folder the cache was encoded with")
+
+
 def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
     """Data, text encoder and transformer of an experiment (weights seeded by ``loop.seed``)."""
     cfg.check()
@@ -205,9 +226,13 @@ def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
         from pyramidflow.models.vae import load_vae
 
         vae = load_vae(cfg.vae)
-        vae.check_frames(cfg.data.frames)
-        vae.check_size(cfg.data.height, cfg.data.width)
         to_model_space, channels = latent_space(vae), vae.latent_channels
+        if cfg.data.source == "latents":  # already encoded (and normalised) by this VAE
+            check_cache_matches(dataset, vae)
+            to_model_space = _identity
+        else:
+            vae.check_frames(cfg.data.frames)
+            vae.check_size(cfg.data.height, cfg.data.width)
     model = build_model(cfg.model, channels, text_dim)
     return Components(model, text_encoder, dataset, to_model_space, vae)
 
