@@ -37,9 +37,9 @@ def clip_dataset(
     source: str,
     path: str | None = None,
     *,
-    frames: int,
-    height: int,
-    width: int,
+    frames: int | None,
+    height: int | None,
+    width: int | None,
     seed: int = 0,
     length: int = 10_000,
     split: str = "train",
@@ -48,8 +48,11 @@ def clip_dataset(
     **shapes_kwargs,
 ) -> torch.utils.data.Dataset:
     """A clip dataset of ``frames`` x ``height`` x ``width`` from ``source`` (see :data:`SOURCES`;
-    ``latents`` reads a latent cache folder, whose clips keep the size they were encoded at)."""
+    ``latents`` reads a latent cache folder, whose clips keep the size they were encoded at). For
+    video files ``None`` keeps whole videos (frames) or the source size."""
     if source == "shapes":
+        if frames is None or height is None or width is None:
+            raise PyramidflowError("the shapes source needs frames, height and width")
         from pyramidflow.data.shapes import ShapesDataset
 
         return ShapesDataset(height=height, width=width, num_frames=frames, seed=seed, length=length,

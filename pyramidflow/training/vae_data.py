@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from pyramidflow.data.sources import clip_dataset
 from pyramidflow.errors import PyramidflowError
 
 
@@ -47,51 +48,29 @@ def clip_batches(
 
 
 # ---- dataset sources -------------------------------------------------------------------------
-# The clip datasets themselves live in pyramidflow.data (shapes, video folders, manifests); these
-# adapters only pick one from a config and give every source the same (T, 3, H, W) in [0, 1] items.
-
-
-def _data_module(name: str, source: str):
-    import importlib
-
-    try:
-        return importlib.import_module(f"pyramidflow.data.{name}")
-    except ImportError as err:
-        raise PyramidflowError(
-            f"data source {source!r} needs pyramidflow.data.{name}, which is not available: {err}"
-        ) from err
+# Thin adapters over pyramidflow.data.sources.clip_dataset (shapes, video folders, manifests).
 
 
 def shapes_dataset(num: int, frames: int, height: int, width: int, seed: int):
     """The built-in procedural shapes clips (``pyramidflow.data.shapes``)."""
-    module = _data_module("shapes", "shapes")
-    return module.ShapesDataset(num_clips=num, frames=frames, height=height, width=width, seed=seed)
+    return clip_dataset("shapes", frames=frames, height=height, width=width, seed=seed, length=num)
 
 
 def folder_clips(folder: str, frames: int | None, height: int | None, width: int | None):
     """Clips read from a folder of video files (``pyramidflow.data.video``)."""
-    module = _data_module("video", "folder")
-    return module.VideoFolderDataset(folder, frames=frames, height=height, width=width)
+    return clip_dataset("folder", folder, frames=frames, height=height, width=width)
 
 
 def manifest_clips(manifest: str, frames: int | None, height: int | None, width: int | None):
     """Clips and captions listed in a manifest (``pyramidflow.data.manifest``)."""
-    module = _data_module("manifest", "manifest")
-    return module.ManifestDataset(manifest, frames=frames, height=height, width=width)
+    return clip_dataset("manifest", manifest, frames=frames, height=height, width=width)
 
 
 def text_encode_fn(path: str, device):
     """``captions -> (embeddings, mask)`` from a text encoder folder (``pyramidflow.models``)."""
-    import pyramidflow.models as models
+    from pyramidflow.models import load_text_encoder
 
-    loader = getattr(models, "load_text_encoder", None)
-    if loader is None:
-        raise PyramidflowError(
-            "this build has no text encoder loader (pyramidflow.models.load_text_encoder); "
-            "run cache-latents without --text-encoder: captions are stored and can be embedded later"
-        )
-    encoder = loader(path).to(device)
-    return encoder.encode
+    return load_text_encoder(path).to(device).encode
 
 
 class _Split(torch.utils.data.Dataset):
