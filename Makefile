@@ -30,17 +30,12 @@ test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: setup
-	@if $(VENV)/bin/pyramidflow demo --help >/dev/null 2>&1; then \
-		$(VENV)/bin/pyramidflow demo; \
-	else \
-		mkdir -p outputs && \
-		$(VENV)/bin/pyramidflow schedule --stages 3 --steps 20,20,20 --plot outputs/schedule.png && \
-		$(VENV)/bin/pyramidflow flops --preset wan2.1-t2v-1.3b --frames 81 --height 448 --width 832 --steps 20-20-10; \
-	fi
+	$(VENV)/bin/pyramidflow demo
 
 bench: setup
 	$(PY) bench/bench_renoise.py
 	$(PY) bench/bench_sampler_overhead.py
+	$(PY) bench/bench_pyramid_flow.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -221,3 +221,15 @@ def test_the_train_command_under_torchrun_matches_one_process(tmp_path):
     a, b = _weights(tmp_path / "one" / "checkpoint-2"), _weights(tmp_path / "two" / "checkpoint-2")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_demo_prompts_cover_the_vocabulary():
+    from pyramidflow.data.vocab import BACKGROUNDS, COLORS, MOVING_DIRECTIONS, SHAPES, SPEEDS, parse_prompt
+    from pyramidflow.pipelines.demo import demo_prompts
+
+    prompts = demo_prompts()
+    assert len(prompts) == 32 == len(set(prompts))
+    asked = [parse_prompt(p) for p in prompts]
+    for key, vocab in (("color", COLORS), ("shape", SHAPES), ("direction", MOVING_DIRECTIONS),
+                       ("speed", SPEEDS), ("background", BACKGROUNDS)):
+        assert {a[key] for a in asked} == set(vocab), key
