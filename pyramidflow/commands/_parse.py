@@ -25,3 +25,30 @@ def float_list(text: str, name: str) -> tuple[float, ...]:
         return tuple(float(p) for p in re.split(r"[,\s]+", text.strip()) if p)
     except ValueError:
         raise PyramidflowError(f"--{name} must be numbers like 0.6,0.3,0, got {text!r}") from None
+
+
+def add_run_arguments(p, example: str) -> None:
+    """The options every training command shares: --config, --out, --max-steps, --resume, --set."""
+    p.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
+    p.add_argument("--out", default=None, help="output directory (overrides output_dir)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=3e-4 (repeatable; a unique last part "
+                   "of a key is enough, e.g. --set checkpoint_every=500)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_overrides(args, max_steps_key: str) -> list[str]:
+    """``--set`` items plus those implied by --out and --max-steps."""
+    overrides = list(args.overrides)
+    if args.out is not None:
+        overrides.append(f"output_dir={args.out}")
+    if args.max_steps is not None:
+        overrides.append(f"{max_steps_key}={args.max_steps}")
+    return overrides
+
+
+def report(result: dict) -> None:
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    print(f"done: {shown}")
