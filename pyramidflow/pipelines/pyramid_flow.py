@@ -211,19 +211,20 @@ class PyramidFlowPipeline:
         ar = cfg.temporal.autoregressive
         unit = (*shape[:2], cfg.temporal.frames_per_unit, *shape[3:]) if ar else shape
         self.transform.check_shape(unit, self.schedule.num_stages - 1)
-        self.schedule.check_steps(steps), self.schedule.check_steps(first)
+        self.schedule.check_steps(steps)
+        self.schedule.check_steps(first)
         if generator is None:
             generator = torch.Generator(self.device).manual_seed(0 if seed is None else int(seed))
         text, null = self.encode_prompt(prompts)
         guided = w_first != 1.0 or w_rest != 1.0
         prefix = []
         if image is not None:
-            if not cfg.temporal.autoregressive:
+            if not ar:
                 raise PyramidflowError("image-to-video needs an autoregressive model (temporal.mode: "
                                        "autoregressive); this one generates full sequences")
             prefix = [self.encode_image(image, height, width).expand(len(prompts), -1, -1, -1, -1)]
         bar = _Progress(progress, self._evaluations(shape, steps, first, len(prefix)))
-        if cfg.temporal.autoregressive:
+        if ar:
             f = cfg.temporal.frames_per_unit
             both = torch.cat([null.expand_as(text), text]) if guided else text
             velocity = UnitVelocity(self.transformer, both, self.schedule.num_stages, use_cache=use_cache)
