@@ -196,33 +196,6 @@ def test_sample_and_demo_commands(run_dir, tmp_path):
     assert main(["eval", "--videos", str(out / "clips"), "--json"]) == 0
 
 
-def test_the_train_command_under_torchrun_matches_one_process(tmp_path):
-    """`torchrun -m pyramidflow train` with 2 CPU processes (gloo), autoregressive: the same weights
-    as one process with the same global batch."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sets = [a for item in TINY + ["validation_prompts=0"] for a in ("--set", item)]
-    args = ["-m", "pyramidflow", "train", "--config", str(PRESET), "--max-steps", "2", "--quiet", *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = Path(sys.executable).parent / "torchrun"
-    launch = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", f"--master_port={port}"]
-    two = subprocess.run([*launch, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True,
-                         text=True, timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = _weights(tmp_path / "one" / "checkpoint-2"), _weights(tmp_path / "two" / "checkpoint-2")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-
-
 def test_demo_prompts_cover_the_vocabulary():
     from pyramidflow.data.vocab import BACKGROUNDS, COLORS, MOVING_DIRECTIONS, SHAPES, SPEEDS, parse_prompt
     from pyramidflow.pipelines.demo import demo_prompts

@@ -50,5 +50,10 @@ def run_overrides(args, max_steps_key: str) -> list[str]:
 
 
 def report(result: dict) -> None:
+    """One ``done:`` line (from the main process only when launched with several)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     print(f"done: {shown}")

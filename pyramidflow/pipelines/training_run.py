@@ -58,11 +58,9 @@ def write_clips(folder: Path, videos, prompts: list[str], fps: float, names: lis
 
 def pipeline_of(trainer, cfg: TrainConfig, parts: Components) -> PyramidFlowPipeline:
     """A pipeline over the trainer's EMA weights (or the live ones without EMA)."""
-    transformer = trainer.ema.get("transformer", trainer.wrapped["transformer"])
-    text = parts.text_encoder
-    if parts.trainable_text:
-        text = trainer.ema.get("text_encoder", trainer.wrapped["text_encoder"])
-    return PyramidFlowPipeline(transformer, text, parts.vae, PipelineConfig.from_train(cfg))
+    modules = trainer.sampling_modules()
+    text = modules["text_encoder"] if parts.trainable_text else parts.text_encoder
+    return PyramidFlowPipeline(modules["transformer"], text, parts.vae, PipelineConfig.from_train(cfg))
 
 
 class Validator:

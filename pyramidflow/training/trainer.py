@@ -30,6 +30,7 @@ from torch import Tensor
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule
 from pyramidflow.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from pyramidflow.training.distributed import Sharding, Snapshot, average_gradients, broadcast_parameters
 from pyramidflow.training.losses import pyramid_flow_loss
 from pyramidflow.training.temporal_loss import TemporalConfig, packed_flow_loss, split_batch
 
@@ -83,6 +84,7 @@ class LoopConfig:
     validate_every: int = 0  # 0: only at the end (if a validation hook is given)
     max_minutes: float = 0.0  # > 0: also stop (with a checkpoint) once this much wall-clock time passed
     progress: bool = True
+    parallel: str = "replicate"  # several processes: replicate (DDP-like) | fsdp (sharded, sharding.py)
 
 
 @dataclass
@@ -172,7 +174,8 @@ class Trainer:
             mp = loop.mixed_precision
             if mp == "auto":
                 mp = "bf16" if torch.cuda.is_available() else "no"
-            accelerator = Accelerator(mixed_precision=mp)
+            # cpu=True on a machine without CUDA: accelerate then joins a torchrun launch (gloo)
+            accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
         self.accelerator = accelerator
         world = accelerator.num_processes
         if loop.batch_size % (world * loop.grad_accum):
@@ -193,20 +196,26 @@ class Trainer:
         self.ema: dict[str, torch.nn.Module] = {}
         if loop.ema_decay > 0:
             self.ema = {k: copy.deepcopy(m).requires_grad_(False).eval() for k, m in self.modules.items()}
-        params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                weight_decay=config.optim.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config.optim, loop.max_steps))
-        # Modules are not wrapped in DistributedDataParallel: a step makes one forward pass per
-        # stage present, and that number differs between processes, which DDP's hooks cannot
-        # follow. Gradients are averaged explicitly after the backward passes instead
-        # (``_sync_gradients``), which is the same update. The LR scheduler steps once per
-        # optimiser step whatever the number of processes.
+        # Replicated modules are not wrapped in DistributedDataParallel: a step makes one forward
+        # pass per stage present, and that number differs between processes, which DDP's hooks
+        # cannot follow. Gradients are averaged explicitly after the backward passes instead
+        # (``_sync_gradients``), which is the same update. Sharded modules (``parallel: fsdp``)
+        # always take the packed path: one forward per micro-batch on every process. The LR
+        # scheduler steps once per optimiser step whatever the number of processes.
+        if loop.parallel not in ("replicate", "fsdp"):
+            raise PyramidflowError(f"unknown loop.parallel {loop.parallel!r}; valid: replicate, fsdp")
         self.wrapped = {k: m.to(accelerator.device) for k, m in self.modules.items()}
         for ema in self.ema.values():
             ema.to(accelerator.device)
         self._broadcast_parameters()
-        self.optimizer, self.lr_scheduler = opt, sched
+        self.sharding = None
+        if loop.parallel == "fsdp" and world > 1:
+            self.sharding = Sharding(self.wrapped, self.ema)
+        params = [p for m in self.wrapped.values() for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                           weight_decay=config.optim.weight_decay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                              lr_lambda(config.optim, loop.max_steps))
         self.step = 0
         self._writer = None
         self._perm_cache: dict[int, list[int]] = {}
@@ -220,29 +229,13 @@ class Trainer:
     def _broadcast_parameters(self) -> None:
         """Start every process from the main process's weights."""
         if self.accelerator.num_processes > 1:
-            import torch.distributed as dist
-
-            with torch.no_grad():
-                for m in self.wrapped.values():
-                    for t in list(m.parameters()) + list(m.buffers()):
-                        dist.broadcast(t.data, src=0)
+            broadcast_parameters(self.wrapped.values())
 
     def _sync_gradients(self) -> None:
-        """Average gradients over processes (one flat all-reduce); missing grads count as 0."""
-        if self.accelerator.num_processes == 1:
-            return
-        import torch.distributed as dist
-
-        params = self._params()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.accelerator.num_processes
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+        """Average gradients over replicated processes; sharded modules need nothing (FSDP
+        reduce-scatters, i.e. averages, in the backward pass)."""
+        if self.accelerator.num_processes > 1 and self.sharding is None:
+            average_gradients(self._params(), self.accelerator.num_processes)
 
     # ------------------------------------------------------------------ data
     def _global_indices(self, step: int) -> list[int]:
@@ -295,7 +288,7 @@ class Trainer:
                     logit_std=pyr.logit_std)
         model, temporal = self.wrapped["transformer"], self.config.temporal
         with self.accelerator.autocast():
-            if isinstance(x0, list) or temporal.autoregressive:  # one packed sequence per example
+            if isinstance(x0, list) or temporal.autoregressive or self.sharding is not None:  # packed
                 examples = x0 if isinstance(x0, list) else list(x0.split(1, dim=0))
                 out = packed_flow_loss(model, examples, text, self.schedule, self.transform, gens, temporal,
                                        **path)
@@ -343,7 +336,8 @@ class Trainer:
         stats = {"loss": float(acc.reduce(torch.tensor(total, device=acc.device), "mean")),
                  "lr": self.lr_scheduler.get_last_lr()[0]}
         if grad_norm is not None:
-            stats["grad_norm"] = float(grad_norm)
+            full = getattr(grad_norm, "full_tensor", None)  # a DTensor when sharded
+            stats["grad_norm"] = float(full() if full else grad_norm)
         for s in range(self.schedule.num_stages):
             sel = stage_t == s
             if sel.any():
@@ -351,17 +345,31 @@ class Trainer:
         return stats
 
     # ------------------------------------------------------------ checkpoint
+    def sampling_modules(self) -> dict[str, torch.nn.Module]:
+        """Whole modules to sample from (main process): the EMA copies, else the live weights. When
+        sharded these are the CPU copies from the last :meth:`Sharding.gather` (a checkpoint or a
+        validation refreshes them)."""
+        if self.sharding is not None:
+            return {**self.sharding.copies, **self.sharding.ema_copies}
+        return {k: self.ema.get(k, self.accelerator.unwrap_model(m)) for k, m in self.wrapped.items()}
+
     def save(self) -> Path | None:
         acc = self.accelerator
         acc.wait_for_everyone()
         path = None
+        models = {k: acc.unwrap_model(m) for k, m in self.wrapped.items()}
+        ema, optimizer = self.ema, self.optimizer
+        if self.sharding is not None:  # whole tensors on the main process, the unsharded layout
+            self.sharding.gather()
+            models, ema = self.sharding.copies, self.sharding.ema_copies
+            optimizer = Snapshot(self.sharding.gather_optimizer(self.optimizer))
         if acc.is_main_process:
-            models = {k: acc.unwrap_model(m) for k, m in self.wrapped.items()}
             path = save_checkpoint(
-                self.out_dir, self.step, models, optimizers={"main": self.optimizer},
-                schedulers={"main": self.lr_scheduler}, ema=self.ema,
+                self.out_dir, self.step, models, optimizers={"main": optimizer},
+                schedulers={"main": self.lr_scheduler}, ema=ema,
                 data_position=self.step * self.config.loop.batch_size,
-                extra={"seed": self.config.loop.seed, **self.checkpoint_extra},
+                extra={"seed": self.config.loop.seed, "processes": acc.num_processes,
+                       "parallel": self.config.loop.parallel, **self.checkpoint_extra},
                 keep_last=self.config.loop.keep_last,
             )
         acc.wait_for_everyone()
@@ -375,9 +383,17 @@ class Trainer:
                 return self.step
             raise FileNotFoundError(f"no checkpoint {which!r} under {self.out_dir}")
         acc = self.accelerator
-        models = {k: acc.unwrap_model(m) for k, m in self.wrapped.items()}
-        loaded = load_checkpoint(path, models, {"main": self.optimizer}, {"main": self.lr_scheduler},
-                                 self.ema, rng=True)
+        if self.sharding is None:
+            models = {k: acc.unwrap_model(m) for k, m in self.wrapped.items()}
+            loaded = load_checkpoint(path, models, {"main": self.optimizer}, {"main": self.lr_scheduler},
+                                     self.ema, rng=True)
+        else:  # the main process reads the whole tensors, then they are sent to the shards
+            snapshot = Snapshot(None)
+            main = acc.is_main_process
+            loaded = load_checkpoint(path, self.sharding.copies, {"main": snapshot} if main else {},
+                                     {"main": self.lr_scheduler}, self.sharding.ema_copies, rng=True)
+            self.sharding.scatter()
+            self.sharding.scatter_optimizer(self.optimizer, snapshot.state)
         self.step = loaded.step
         return self.step
 
@@ -430,8 +446,17 @@ class Trainer:
         return stats
 
     def _validate(self) -> None:
+        copies = []
+        if self.sharding is not None:  # sample from whole copies, on the device while validating
+            self.sharding.gather()
+            copies = list(self.sampling_modules().values())
+            for m in copies:
+                m.to(self.accelerator.device)
         if self.accelerator.is_main_process:
             result = self.validate_hook(self, self.step)
             if isinstance(result, Mapping):
                 self._log({f"val_{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))})
+        for m in copies:
+            m.cpu()
         self.accelerator.wait_for_everyone()
+

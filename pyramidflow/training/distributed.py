@@ -1,0 +1,181 @@
+"""Training over several processes: replicated (``loop.parallel: replicate``) or fully sharded
+(``fsdp``, PyTorch's FSDP2 ``fully_shard``).
+
+Replicated: every process holds the whole modules; they start from the main process's weights
+(:func:`broadcast_parameters`) and average their gradients in one flat all-reduce
+(:func:`average_gradients`), the update DistributedDataParallel would make.
+
+Sharded: with more than one process every trainable module and its EMA copy is sharded over the processes:
+each transformer block is one FSDP unit and the rest of the module another, so parameters,
+gradients and the AdamW moments are held in 1/world shards and a block's full weights exist only
+while it runs. FSDP's gradient reduce-scatter averages over processes, the same update as the
+replicated path's all-reduce (:meth:`Trainer._sync_gradients`).
+
+Checkpoints keep the ordinary, unsharded layout (diffusers folders and an index-keyed optimizer
+state, :mod:`pyramidflow.training.checkpoint`): :meth:`Sharding.gather` collects full tensors one
+at a time into CPU copies of the modules on the main process, and :meth:`Sharding.scatter` sends a
+checkpoint loaded there back into the shards. A sharded run therefore resumes an unsharded
+checkpoint and the other way round, and validation samples from the gathered EMA copy.
+
+Every method here except the accessors is a collective: all processes call it, in the same order.
+Costs: the main process holds two full CPU copies (weights and EMA); every process briefly holds
+the full weights on its device before sharding (the modules are built whole).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+# entry points besides forward (the transformer's, text encoders'): they gather the weights too
+ENTRY_METHODS = ("forward_packed", "forward_tokens", "build_history_cache", "encode")
+
+
+def broadcast_parameters(modules: Iterable[nn.Module]) -> None:
+    """Overwrite every process's parameters and buffers with the main process's."""
+    with torch.no_grad():
+        for m in modules:
+            for t in list(m.parameters()) + list(m.buffers()):
+                dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Average ``.grad`` over processes in one flat all-reduce; a missing grad counts as 0."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def shard_module(module: nn.Module) -> None:
+    """FSDP2-shard ``module`` in place: one unit per entry of ``module.blocks`` (if any), one root."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for block in getattr(module, "blocks", ()):
+        fully_shard(block)
+    fully_shard(module)
+    for method in ENTRY_METHODS:
+        if callable(getattr(module, method, None)):
+            register_fsdp_forward_method(module, method)
+
+
+def _tensors(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """(state-dict key, live parameter or buffer) in state-dict order."""
+    live = dict(module.named_parameters()) | dict(module.named_buffers())
+    for key in module.state_dict():
+        yield key, live[key]
+
+
+def _full(t: Tensor) -> Tensor:
+    """The whole tensor (an all-gather for a shard); collective for a DTensor."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _send(like: Tensor, full: Tensor | None) -> Tensor:
+    """Distribute ``full`` (given on the main process only) in the layout of ``like``."""
+    src = full if full is not None else torch.empty(like.shape, dtype=like.dtype)
+    if isinstance(like, DTensor):
+        src = src.to(like.device_mesh.device_type, like.dtype)
+        return distribute_tensor(src, like.device_mesh, like.placements, src_data_rank=0)
+    src = src.to(like.device, like.dtype)
+    dist.broadcast(src, src=0)
+    return src
+
+
+class Sharding:
+    """The sharded trainable modules, their EMA copies and their CPU copies on the main process."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], ema: Mapping[str, nn.Module]) -> None:
+        self.main = dist.get_rank() == 0
+        self.modules, self.ema = dict(modules), dict(ema)
+        # CPU copies (main process only), made before sharding: what checkpoints and validation see
+        self.copies = {k: copy.deepcopy(m).cpu() for k, m in self.modules.items()} if self.main else {}
+        self.ema_copies = {k: copy.deepcopy(m).cpu() for k, m in self.ema.items()} if self.main else {}
+        for m in [*self.modules.values(), *self.ema.values()]:
+            shard_module(m)
+
+    # ------------------------------------------------------------ weights
+    @torch.no_grad()
+    def gather(self) -> None:
+        """Copy the sharded weights (and EMA) into the main process's CPU copies."""
+        for live, copies in ((self.modules, self.copies), (self.ema, self.ema_copies)):
+            for name, module in live.items():
+                target = dict(_tensors(copies[name])) if self.main else {}
+                for key, t in _tensors(module):
+                    full = _full(t.detach())
+                    if self.main:
+                        target[key].copy_(full.cpu())
+
+    @torch.no_grad()
+    def scatter(self) -> None:
+        """Load the main process's CPU copies (e.g. just read from a checkpoint) into the shards."""
+        for live, copies in ((self.modules, self.copies), (self.ema, self.ema_copies)):
+            for name, module in live.items():
+                source = dict(_tensors(copies[name])) if self.main else {}
+                for key, t in _tensors(module):
+                    t.copy_(_send(t, source.get(key)))
+
+    # ---------------------------------------------------------- optimizer
+    @staticmethod
+    def gather_optimizer(opt: torch.optim.Optimizer) -> dict | None:
+        """The optimizer's state with whole tensors, as an unsharded run's ``state_dict()`` (main
+        process; None elsewhere)."""
+        sd = opt.state_dict()
+        state = {}
+        for index in sorted(sd["state"]):
+            entry = {k: _full(v).cpu() if isinstance(v, Tensor) else v for k, v in sd["state"][index].items()}
+            state[index] = entry
+        if dist.get_rank() != 0:
+            return None
+        return {"state": state, "param_groups": sd["param_groups"]}
+
+    @staticmethod
+    def scatter_optimizer(opt: torch.optim.Optimizer, full: dict | None) -> None:
+        """Load an unsharded optimizer ``state_dict`` given on the main process into every shard."""
+        skeleton = [None]
+        if dist.get_rank() == 0:
+            def spec(v):
+                return ("tensor", tuple(v.shape), v.dtype) if isinstance(v, Tensor) else v
+
+            skeleton[0] = {"param_groups": full["param_groups"],
+                           "state": {i: {k: spec(v) for k, v in s.items()} for i, s in full["state"].items()}}
+        dist.broadcast_object_list(skeleton, src=0)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        state = {}
+        for index, entries in skeleton[0]["state"].items():
+            param, entry = params[index], {}
+            for key, spec in entries.items():
+                if not (isinstance(spec, tuple) and spec[:1] == ("tensor",)):
+                    entry[key] = spec
+                    continue
+                given = full["state"][index][key] if full is not None else None
+                if tuple(spec[1]) == tuple(param.shape):  # a moment: sharded like its parameter
+                    entry[key] = _send(param.detach(), given)
+                else:  # e.g. AdamW's scalar step count: replicated
+                    like = torch.empty(spec[1], dtype=spec[2])
+                    entry[key] = _send(like, given).cpu()
+            state[index] = entry
+        opt.load_state_dict({"state": state, "param_groups": skeleton[0]["param_groups"]})
+
+
+class Snapshot:
+    """A state dict standing in for an optimizer when saving or loading a checkpoint."""
+
+    def __init__(self, state: dict | None) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict | None:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
