@@ -196,6 +196,17 @@ def test_sample_and_demo_commands(run_dir, tmp_path):
     assert main(["eval", "--videos", str(out / "clips"), "--json"]) == 0
 
 
+def test_demo_retrains_from_a_preset_with_overrides(tmp_path):
+    sets = [a for item in TINY for a in ("--set", item)]
+    out = tmp_path / "demo"
+    assert main(["demo", "--train", "--train-steps", "2", "--config", str(PRESET), *sets, "--out", str(out),
+                 "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 2 and metrics["train_seconds"] > 0 and metrics["count"] == 32
+    pipe = PyramidFlowPipeline.from_pretrained(out / "model" / "pipeline")
+    assert pipe.config.height == 16 and pipe.transformer.config.num_layers == 1  # the overrides applied
+
+
 def test_demo_prompts_cover_the_vocabulary():
     from pyramidflow.data.vocab import BACKGROUNDS, COLORS, MOVING_DIRECTIONS, SHAPES, SPEEDS, parse_prompt
     from pyramidflow.pipelines.demo import demo_prompts

@@ -21,6 +21,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.add_argument("--train", action="store_true", help="retrain the tiny model from scratch first")
     p.add_argument("--train-steps", type=int, default=DEMO_TRAIN_STEPS, help="steps for --train")
+    p.add_argument("--config", default=None,
+                   help="preset for --train (default configs/shapes-tiny.yaml, pixel space; "
+                   "configs/shapes-tiny-latent.yaml trains in a VAE's latent space)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for --train (repeatable), e.g. --set vae=DIR")
     p.add_argument("--checkpoint", default=None, help="model to sample (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -28,18 +33,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _train(out: Path, steps: int, quiet: bool) -> tuple[Path, float]:
+def _train(out: Path, steps: int, quiet: bool, config: str | None, extra: list[str]) -> tuple[Path, float]:
     from pyramidflow.config import load_config
     from pyramidflow.pipelines.demo import DEFAULT_CONFIG
     from pyramidflow.pipelines.training_run import train_from_config
     from pyramidflow.training.experiment import TrainConfig
 
-    if not DEFAULT_CONFIG.is_file():
-        raise FileNotFoundError(f"--train needs the preset {DEFAULT_CONFIG} (run from a source checkout)")
+    preset = Path(config) if config else DEFAULT_CONFIG
+    if not preset.is_file():
+        raise FileNotFoundError(f"--train needs the preset {preset} (run from a source checkout)")
     model_dir = out / "model"
     overrides = [f"output_dir={model_dir}", f"loop.max_steps={steps}", "loop.validate_every=0",
-                 f"loop.progress={str(not quiet).lower()}", "optim.warmup_steps=50"]
-    cfg = load_config(TrainConfig, DEFAULT_CONFIG, overrides)
+                 "loop.max_minutes=0", f"loop.progress={str(not quiet).lower()}", "optim.warmup_steps=50",
+                 *extra]
+    cfg = load_config(TrainConfig, preset, overrides)
     started = time.perf_counter()
     train_from_config(cfg, validate=False)
     return model_dir / "pipeline", time.perf_counter() - started
@@ -57,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     train_seconds = None
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if args.train:
-        checkpoint, train_seconds = _train(out, args.train_steps, args.quiet)
+        checkpoint, train_seconds = _train(out, args.train_steps, args.quiet, args.config, args.overrides)
     if not checkpoint.exists():
         raise FileNotFoundError(f"no model at {checkpoint}: pass --checkpoint DIR or --train")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
