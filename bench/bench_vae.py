@@ -19,7 +19,7 @@ import time
 import torch
 
 from pyramidflow.models.vae import CausalVideoVAE, load_vae
-from pyramidflow.training.vae_data import to_model_range
+from pyramidflow.training.vae_data import as_clip, to_model_range
 from pyramidflow.training.vae_losses import psnr, ssim
 
 
@@ -101,30 +101,25 @@ def quality(vae, clips, label: str, batch: int = 4) -> None:
     print(f"| {p.mean():.2f} | {p.min():.2f} | {s.mean():.4f} | {frames / enc_s:.1f} | {frames / dec_s:.1f} |")
 
 
-def shapes_clips(n: int, frames: int, size: int, standin: bool):
-    if standin:  # bench-local procedural clips (bench/vae_shapes_standin.py), same validation offset
-        from vae_shapes_standin import StandinShapes
+def shapes_clips(n: int, frames: int, size: int):
+    """Held-out built-in shapes clips (the seed train-vae validates with)."""
+    from pyramidflow.training.vae_data import shapes_dataset
 
-        data = StandinShapes(n, frames, size, offset=10**6)
-    else:
-        from pyramidflow.training.vae_data import shapes_dataset
-
-        data = shapes_dataset(n, frames, size, size, seed=10**6)
-    return [data[i] for i in range(n)]
+    data = shapes_dataset(n, frames, size, size, seed=10**6)
+    return [as_clip(data[i]) for i in range(n)]
 
 
 def video_clips(folder: str, frames: int, size: int, limit: int):
     from pyramidflow.training.vae_data import folder_clips
 
     data = folder_clips(folder, frames=frames, height=size, width=size)
-    return [data[i] for i in range(min(limit, len(data)))]
+    return [as_clip(data[i]) for i in range(min(limit, len(data)))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", default=None, help="trained VAE directory (ours or a Wan VAE folder)")
     parser.add_argument("--shapes", type=int, default=0, help="number of shapes validation clips")
-    parser.add_argument("--standin", action="store_true", help="shapes from bench/vae_shapes_standin.py")
     parser.add_argument("--videos", default=None, help="folder of real videos (mp4)")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--size", type=int, default=32)
@@ -137,7 +132,7 @@ def main() -> None:
         args.memory = True
     vae = load_vae(args.vae) if args.vae else None
     if vae is not None and args.shapes:
-        quality(vae, shapes_clips(args.shapes, args.frames, args.size, args.standin), "shapes validation")
+        quality(vae, shapes_clips(args.shapes, args.frames, args.size), "shapes validation")
     if vae is not None and args.videos:
         quality(vae, video_clips(args.videos, args.frames, args.size, args.limit), f"videos in {args.videos}")
     if args.memory:
