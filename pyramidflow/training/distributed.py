@@ -34,6 +34,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 # entry points besides forward (the transformer's, text encoders'): they gather the weights too
 ENTRY_METHODS = ("forward_packed", "forward_tokens", "build_history_cache", "encode")
+SHARD = "<sent as shards>"  # stands for an optimizer tensor in the layout broadcast by scatter_optimizer
 
 
 def broadcast_parameters(modules: Iterable[nn.Module]) -> None:
@@ -130,42 +131,38 @@ class Sharding:
     def gather_optimizer(opt: torch.optim.Optimizer) -> dict | None:
         """The optimizer's state with whole tensors, as an unsharded run's ``state_dict()`` (main
         process; None elsewhere)."""
-        sd = opt.state_dict()
-        state = {}
+        main, sd, state = dist.get_rank() == 0, opt.state_dict(), {}
         for index in sorted(sd["state"]):
-            entry = {k: _full(v).cpu() if isinstance(v, Tensor) else v for k, v in sd["state"][index].items()}
-            state[index] = entry
-        if dist.get_rank() != 0:
-            return None
-        return {"state": state, "param_groups": sd["param_groups"]}
+            entry = {}
+            for key, value in sd["state"][index].items():
+                full = _full(value) if isinstance(value, Tensor) else value  # collective for shards
+                entry[key] = full.cpu() if isinstance(full, Tensor) else full
+            if main:
+                state[index] = entry
+        return {"state": state, "param_groups": sd["param_groups"]} if main else None
 
     @staticmethod
     def scatter_optimizer(opt: torch.optim.Optimizer, full: dict | None) -> None:
-        """Load an unsharded optimizer ``state_dict`` given on the main process into every shard."""
-        skeleton = [None]
-        if dist.get_rank() == 0:
-            def spec(v):
-                return ("tensor", tuple(v.shape), v.dtype) if isinstance(v, Tensor) else v
-
-            skeleton[0] = {"param_groups": full["param_groups"],
-                           "state": {i: {k: spec(v) for k, v in s.items()} for i, s in full["state"].items()}}
-        dist.broadcast_object_list(skeleton, src=0)
+        """Load an unsharded optimizer ``state_dict`` given on the main process into every shard.
+        Entries shaped like their parameter (AdamW's moments) are sent as shards; the rest (the
+        step count) travel whole with the state's layout."""
         params = [p for group in opt.param_groups for p in group["params"]]
+        layout = [None]
+        if dist.get_rank() == 0:
+            def spec(value, param):
+                sharded = isinstance(value, Tensor) and tuple(value.shape) == tuple(param.shape)
+                return SHARD if sharded else value
+
+            state = {i: {k: spec(v, params[i]) for k, v in s.items()} for i, s in full["state"].items()}
+            layout[0] = {"param_groups": full["param_groups"], "state": state}
+        dist.broadcast_object_list(layout, src=0)
         state = {}
-        for index, entries in skeleton[0]["state"].items():
-            param, entry = params[index], {}
-            for key, spec in entries.items():
-                if not (isinstance(spec, tuple) and spec[:1] == ("tensor",)):
-                    entry[key] = spec
-                    continue
-                given = full["state"][index][key] if full is not None else None
-                if tuple(spec[1]) == tuple(param.shape):  # a moment: sharded like its parameter
-                    entry[key] = _send(param.detach(), given)
-                else:  # e.g. AdamW's scalar step count: replicated
-                    like = torch.empty(spec[1], dtype=spec[2])
-                    entry[key] = _send(like, given).cpu()
-            state[index] = entry
-        opt.load_state_dict({"state": state, "param_groups": skeleton[0]["param_groups"]})
+        for index, entries in layout[0]["state"].items():
+            param = params[index].detach()
+            state[index] = {key: _send(param, full["state"][index][key] if full is not None else None)
+                            if isinstance(value, str) and value == SHARD else value
+                            for key, value in entries.items()}
+        opt.load_state_dict({"state": state, "param_groups": layout[0]["param_groups"]})
 
 
 class Snapshot:
