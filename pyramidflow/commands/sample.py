@@ -57,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out.name} holds one frame, but {video.shape[0]} were generated: "
                          "use .mp4 or .gif, or --frames 1")
     write_video(out, video.cpu(), fps=pipe.config.fps)
-    print(f"wrote {out} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[3]})")
+    count = video.shape[0]
+    print(f"wrote {out} ({count} frame{'s' if count != 1 else ''}, {video.shape[2]}x{video.shape[3]})")
     return 0
