@@ -33,7 +33,7 @@ from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pyramid import sample
 from pyramidflow.training.experiment import SamplingConfig, TrainConfig
 from pyramidflow.training.temporal_loss import TemporalConfig
-from pyramidflow.training.trainer import PyramidConfig
+from pyramidflow.training.trainer_config import PyramidConfig
 
 
 @dataclass

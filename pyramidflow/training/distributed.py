@@ -106,25 +106,28 @@ class Sharding:
             shard_module(m)
 
     # ------------------------------------------------------------ weights
+    def _pairs(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(live tensor, its main-process CPU copy or None) for every weight and EMA weight, in the
+        same order on every process."""
+        for live, copies in ((self.modules, self.copies), (self.ema, self.ema_copies)):
+            for name, module in live.items():
+                copy_of = dict(_tensors(copies[name])) if self.main else {}
+                for key, t in _tensors(module):
+                    yield t, copy_of.get(key)
+
     @torch.no_grad()
     def gather(self) -> None:
         """Copy the sharded weights (and EMA) into the main process's CPU copies."""
-        for live, copies in ((self.modules, self.copies), (self.ema, self.ema_copies)):
-            for name, module in live.items():
-                target = dict(_tensors(copies[name])) if self.main else {}
-                for key, t in _tensors(module):
-                    full = _full(t.detach())
-                    if self.main:
-                        target[key].copy_(full.cpu())
+        for t, target in self._pairs():
+            full = _full(t.detach())  # collective for a shard
+            if target is not None:
+                target.copy_(full.cpu())
 
     @torch.no_grad()
     def scatter(self) -> None:
         """Load the main process's CPU copies (e.g. just read from a checkpoint) into the shards."""
-        for live, copies in ((self.modules, self.copies), (self.ema, self.ema_copies)):
-            for name, module in live.items():
-                source = dict(_tensors(copies[name])) if self.main else {}
-                for key, t in _tensors(module):
-                    t.copy_(_send(t, source.get(key)))
+        for t, source in self._pairs():
+            t.copy_(_send(t, source))
 
     # ---------------------------------------------------------- optimizer
     @staticmethod

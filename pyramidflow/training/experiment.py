@@ -22,14 +22,8 @@ from pyramidflow.data.sources import captions, clip_dataset, with_images
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models import EmbeddedTextEncoder, PyramidDiT, load_text_encoder
 from pyramidflow.training.temporal_loss import TemporalConfig
-from pyramidflow.training.trainer import (
-    LoopConfig,
-    OptimConfig,
-    PyramidConfig,
-    Trainer,
-    TrainerConfig,
-    pixels_to_model_space,
-)
+from pyramidflow.training.trainer import Trainer, pixels_to_model_space
+from pyramidflow.training.trainer_config import LoopConfig, OptimConfig, PyramidConfig, TrainerConfig
 
 SPACES = ("pixel", "latent")
 TEXT_KINDS = ("embedded", "pretrained")

@@ -10,6 +10,7 @@ embedding of classifier-free guidance.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -61,13 +62,14 @@ def pad_embeddings(rows: Sequence[Tensor], max_length: int) -> tuple[Tensor, Ten
     return out, mask
 
 
-class TextEncoderMixin:
+class TextEncoderMixin(ABC):
     """Shared behaviour of text encoders; subclasses implement ``encode`` and set ``max_length``."""
 
     max_length: int
 
-    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(B, max_length, D) embeddings and (B, max_length) bool mask of real tokens."""
 
     def null_embedding(self) -> tuple[Tensor, Tensor]:
         """The encoding of the empty prompt: (1, max_length, D) and (1, max_length)."""

@@ -11,20 +11,23 @@ between calls; ``reset_streams(module)`` forgets the past (start of a new clip).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from einops import rearrange
 from torch import nn
 
 
-class Streamable(nn.Module):
+class Streamable(nn.Module, ABC):
     """A block that can keep state between consecutive temporal chunks of one clip."""
 
     def __init__(self) -> None:
         super().__init__()
         self.streaming = False
 
-    def reset_stream(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def reset_stream(self) -> None:
+        """Forget the previous chunk's state."""
 
 
 def set_streaming(module: nn.Module, enabled: bool) -> None:

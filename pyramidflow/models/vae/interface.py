@@ -11,13 +11,15 @@ training calls the model's ``forward``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae.tiling import tiled_apply
 
 
-class VideoAutoencoder:
+class VideoAutoencoder(ABC):
     """Mixin: implementations provide the raw moments/decoder and the four attributes below."""
 
     latent_channels: int
@@ -25,19 +27,19 @@ class VideoAutoencoder:
     spatial_compression: int
 
     # ---- implemented by subclasses -------------------------------------------------------------
+    @abstractmethod
     def encode_moments(
         self, video: torch.Tensor, chunk_latents: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (un-normalised) posterior mean and log-variance, each (B, C, T, h, w)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode_raw(self, z: torch.Tensor, chunk_latents: int | None = None) -> torch.Tensor:
         """Raw latents (B, C, T, h, w) -> video (B, 3, 1 + (T-1)*tc, h*s, w*s)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (mean, std), each (C,)."""
-        raise NotImplementedError
 
     # ---- shared logic ------------------------------------------------------------------------
     def valid_frame_counts(self, up_to: int = 64) -> list[int]:
