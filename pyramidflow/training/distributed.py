@@ -37,6 +37,18 @@ ENTRY_METHODS = ("forward_packed", "forward_tokens", "build_history_cache", "enc
 SHARD = "<sent as shards>"  # stands for an optimizer tensor in the layout broadcast by scatter_optimizer
 
 
+def make_accelerator(mixed_precision: str = "auto"):
+    """An ``accelerate.Accelerator`` for this launch. ``auto``: bf16 on CUDA, none elsewhere. On a
+    machine without CUDA it is made with ``cpu=True``, without which accelerate ignores a torchrun
+    launch and every process would train alone."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if cuda else "no"
+    return Accelerator(mixed_precision=mixed_precision, cpu=not cuda)
+
+
 def broadcast_parameters(modules: Iterable[nn.Module]) -> None:
     """Overwrite every process's parameters and buffers with the main process's."""
     with torch.no_grad():

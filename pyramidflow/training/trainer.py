@@ -27,7 +27,13 @@ from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from pyramidflow.training.distributed import Sharding, Snapshot, average_gradients, broadcast_parameters
+from pyramidflow.training.distributed import (
+    Sharding,
+    Snapshot,
+    average_gradients,
+    broadcast_parameters,
+    make_accelerator,
+)
 from pyramidflow.training.losses import pyramid_flow_loss
 from pyramidflow.training.temporal_loss import packed_flow_loss, split_batch
 from pyramidflow.training.trainer_config import (  # noqa: F401  (the trainer's public config names)
@@ -93,21 +99,13 @@ class Trainer:
         validate: Callable[[Trainer, int], Any] | None = None,
         accelerator=None,
     ):
-        from accelerate import Accelerator
-
         self.config = config
         self.out_dir = Path(out_dir)
         loop = config.loop
         if loop.batch_size < 1 or loop.grad_accum < 1 or loop.max_steps < 0:
             raise PyramidflowError("batch_size and grad_accum must be >= 1 and max_steps >= 0")
-        if accelerator is None:
-            mp = loop.mixed_precision
-            if mp == "auto":
-                mp = "bf16" if torch.cuda.is_available() else "no"
-            # cpu=True on a machine without CUDA: accelerate then joins a torchrun launch (gloo)
-            accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
-        self.accelerator = accelerator
-        world = accelerator.num_processes
+        self.accelerator = accelerator = accelerator or make_accelerator(loop.mixed_precision)
+        world = self.accelerator.num_processes
         if loop.batch_size % (world * loop.grad_accum):
             raise PyramidflowError(
                 f"batch_size {loop.batch_size} must be divisible by processes x grad_accum "

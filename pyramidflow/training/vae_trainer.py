@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from tqdm import tqdm
 
@@ -26,6 +25,7 @@ from pyramidflow.config import to_dict
 from pyramidflow.models.vae import CausalVideoVAE
 from pyramidflow.models.vae.discriminator import PatchDiscriminator3D
 from pyramidflow.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from pyramidflow.training.distributed import make_accelerator
 from pyramidflow.training.vae_config import VAETrainConfig
 from pyramidflow.training.vae_data import as_clip, clip_batches, to_model_range
 from pyramidflow.training.vae_losses import (
@@ -104,7 +104,7 @@ def train_vae(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg.mixed_precision)
     torch.manual_seed(cfg.seed)
     models, opts, scheds = _build(cfg)
     step, position = 0, None
