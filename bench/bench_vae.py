@@ -3,6 +3,7 @@
     python bench/bench_vae.py --vae outputs/vae-shapes-tiny/vae --shapes 16      # quality on shapes clips
     python bench/bench_vae.py --vae DIR --videos data/mp4s --frames 17 --size 128  # real videos
     python bench/bench_vae.py --memory                                           # whole vs chunked vs tiled
+    python bench/bench_vae.py --vae DIR --memory-video clip.mp4 --frames 33 --height 272 --width 640
     python bench/bench_vae.py --quick                                            # memory table, small sizes
 
 Peak memory is the peak resident set size of a fresh process that decodes once, minus that process's
@@ -14,9 +15,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import tempfile
 import time
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from pyramidflow.models.vae import CausalVideoVAE, load_vae
 from pyramidflow.training.vae_data import as_clip, to_model_range
@@ -42,24 +45,33 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _decode_once(latent_frames, size, chunk, tile, queue):
+def _decode_once(spec, chunk, tile, queue):
+    """Child process: decode once, report (peak extra MiB, output MiB, seconds, PSNR or None)."""
     torch.set_num_threads(2)
-    vae = memory_model()
-    z = torch.randn(1, 16, latent_frames, size, size)
+    if "file" in spec:  # latents of a real clip, the trained VAE that made them
+        vae = load_vae(spec["vae"]).eval()
+        z = load_file(spec["file"])["z"]
+    else:
+        vae = memory_model()
+        z = torch.randn(1, 16, spec["latent_frames"], spec["size"], spec["size"])
     base = _rss_mb()
     start = time.perf_counter()
     with torch.no_grad():
-        out = vae.decode(z, chunk_latents=chunk, tile_latent=tile, tile_overlap=4)
+        out = vae.decode(z, chunk_latents=chunk, tile_latent=tile, tile_overlap=spec.get("overlap", 4))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
     out_mb = out.numel() * 4 / 2**20
-    queue.put((peak - base, out_mb, seconds))
+    score = None
+    if "file" in spec:  # after the peak was read, so the reference does not count
+        ref = (load_file(spec["file"])["x"] + 1) / 2
+        score = float(psnr(((out.float() + 1) / 2).clamp(0, 1), ref).mean())
+    queue.put((peak - base, out_mb, seconds, score))
 
 
-def measure_decode(latent_frames, size, chunk=None, tile=None):
+def measure_decode(spec, chunk=None, tile=None):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_decode_once, args=(latent_frames, size, chunk, tile, queue))
+    proc = ctx.Process(target=_decode_once, args=(spec, chunk, tile, queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -75,8 +87,41 @@ def memory_table(quick: bool) -> None:
     for t in lengths:
         frames = 1 + (t - 1) * 4
         for name, chunk, tile in (("whole", None, None), ("chunked 1", 1, None), ("chunked 1 + tiled", 1, size // 2)):
-            peak, out_mb, sec = measure_decode(t, size, chunk, tile)
+            peak, out_mb, sec, _ = measure_decode({"latent_frames": t, "size": size}, chunk, tile)
             print(f"| {t} | {frames} | {name} | {peak:.0f} | {out_mb:.0f} | {sec:.2f} |")
+
+
+def video_tensor(path: str, frames: int, height: int, width: int) -> torch.Tensor:
+    """The first ``frames`` frames of a video, scaled to cover ``height`` x ``width`` and centre-cropped:
+    (1, 3, F, H, W) in [-1, 1]."""
+    from pyramidflow.data.video import center_crop, cover_size
+    from pyramidflow.io import probe, read_frames
+
+    info = probe(path)
+    arr, _ = read_frames(path, num_frames=frames, size=cover_size(info.width, info.height, height, width), info=info)
+    arr = center_crop(arr, height, width)  # (F, H, W, 3) uint8
+    return to_model_range([torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255])
+
+
+def video_memory_table(vae_dir: str, path: str, frames: int, height: int, width: int, tile: int) -> None:
+    """Whole vs chunked vs tiled decoding of one real clip encoded by a trained VAE."""
+    vae = load_vae(vae_dir).eval()
+    x = video_tensor(path, frames, height, width)
+    with torch.no_grad():
+        start = time.perf_counter()
+        z = vae.encode(x, chunk_latents=1)
+        enc = time.perf_counter() - start
+    print(f"\n## Decoding one real clip: {path}, {frames} frames at {width}x{height}, latents {tuple(z.shape)}")
+    print(f"chunked encode: {enc:.2f} s ({frames / enc:.1f} frames/s)")
+    print("| mode | peak extra MiB | output MiB | seconds | frames/s | PSNR dB vs source |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        file = f"{tmp}/clip.safetensors"
+        save_file({"z": z.contiguous(), "x": x.contiguous()}, file)
+        spec = {"vae": vae_dir, "file": file, "overlap": max(1, tile // 4)}
+        for name, chunk, t in (("whole", None, None), ("chunked 1", 1, None), ("chunked 1 + tiled", 1, tile)):
+            peak, out_mb, sec, score = measure_decode(spec, chunk, t)
+            print(f"| {name} | {peak:.0f} | {out_mb:.0f} | {sec:.2f} | {frames / sec:.1f} | {score:.2f} |")
 
 
 def quality(vae, clips, label: str, batch: int = 4) -> None:
@@ -109,10 +154,10 @@ def shapes_clips(n: int, frames: int, size: int):
     return [as_clip(data[i]) for i in range(n)]
 
 
-def video_clips(folder: str, frames: int, size: int, limit: int):
+def video_clips(folder: str, frames: int, height: int, width: int, limit: int, stride: int | None):
     from pyramidflow.training.vae_data import folder_clips
 
-    data = folder_clips(folder, frames=frames, height=size, width=size)
+    data = folder_clips(folder, frames=frames, height=height, width=width, stride=stride)
     return [as_clip(data[i]) for i in range(min(limit, len(data)))]
 
 
@@ -122,8 +167,13 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=0, help="number of shapes validation clips")
     parser.add_argument("--videos", default=None, help="folder of real videos (mp4)")
     parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--limit", type=int, default=16, help="at most this many real videos")
+    parser.add_argument("--size", type=int, default=32, help="square frame size")
+    parser.add_argument("--height", type=int, default=None, help="frame height (overrides --size)")
+    parser.add_argument("--width", type=int, default=None, help="frame width (overrides --size)")
+    parser.add_argument("--memory-video", default=None, help="one video: whole vs chunked vs tiled decode with --vae")
+    parser.add_argument("--tile", type=int, default=16, help="latent tile size for --memory-video")
+    parser.add_argument("--limit", type=int, default=16, help="at most this many clips from --videos")
+    parser.add_argument("--stride", type=int, default=None, help="a clip every N frames (default: one per file)")
     parser.add_argument("--memory", action="store_true", help="whole vs chunked vs tiled peak memory")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
@@ -133,8 +183,14 @@ def main() -> None:
     vae = load_vae(args.vae) if args.vae else None
     if vae is not None and args.shapes:
         quality(vae, shapes_clips(args.shapes, args.frames, args.size), "shapes validation")
+    height, width = args.height or args.size, args.width or args.size
     if vae is not None and args.videos:
-        quality(vae, video_clips(args.videos, args.frames, args.size, args.limit), f"videos in {args.videos}")
+        clips = video_clips(args.videos, args.frames, height, width, args.limit, args.stride)
+        quality(vae, clips, f"videos in {args.videos}")
+    if args.memory_video:
+        if not args.vae:
+            parser.error("--memory-video needs --vae")
+        video_memory_table(args.vae, args.memory_video, args.frames, height, width, args.tile)
     if args.memory:
         memory_table(args.quick)
 

@@ -170,3 +170,50 @@ def test_plain_and_rms_variants_stream_exactly():
         tiny_vae(**plain)
     with pytest.raises(PyramidflowError, match="block_type"):
         tiny_vae(block_type="dense")
+
+
+def test_shortcuts_are_causal_average_pool_and_nearest_upsample():
+    """With the convs zeroed, DC-AE shortcuts reduce to exact parameter-free maps (float64)."""
+    from pyramidflow.models.vae.causal_conv import CausalDownsample, CausalUpsample
+
+    x = video(9, 8, 12)  # (1, 3, 9, 8, 12)
+    down = CausalDownsample(3, temporal=True, spatial=True, shortcut=True).double()
+    up = CausalUpsample(3, temporal=True, spatial=True, shortcut=True).double()
+    for mod in (down, up):
+        torch.nn.init.zeros_(mod.conv.conv.weight)
+        torch.nn.init.zeros_(mod.conv.conv.bias)
+    padded = torch.cat([x[:, :, :1], x], dim=2)  # frame 0 is a group of its own
+    expected = F.avg_pool3d(padded, kernel_size=2)
+    torch.testing.assert_close(down(x), expected, rtol=0, atol=1e-12)
+    # nearest up-sample in space and time, dropping the duplicate of frame 0
+    z = expected
+    near = z.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+    torch.testing.assert_close(up(z), near[:, :, 1:], rtol=0, atol=1e-12)
+    # with the convs live, the block is conv(SiLU(x)) + shortcut
+    torch.manual_seed(1)
+    live = CausalDownsample(3, temporal=True, spatial=True, shortcut=True).double()
+    torch.testing.assert_close(live(x), live.conv(F.silu(x)) + expected, rtol=0, atol=1e-12)
+
+
+def test_shortcut_vae_streams_exactly_and_starts_near_identity_of_means():
+    plain = dict(block_type="plain", mid_blocks=0, layers_per_block=0, decoder_layers_per_block=0)
+    for kw in ({**plain, "block_out_channels": (8, 8, 8)}, dict(norm_groups=0, block_out_channels=(8, 8, 8))):
+        vae = tiny_vae(shortcut=True, **kw)
+        x = video(17)
+        z = vae.encode(x)
+        for chunk in (1, 2):
+            torch.testing.assert_close(vae.encode(x, chunk_latents=chunk), z, rtol=0, atol=1e-12)
+        y = vae.decode(z)
+        for chunk in (1, 3):
+            torch.testing.assert_close(vae.decode(z, chunk_latents=chunk), y, rtol=0, atol=1e-12)
+    # latent shortcut: the posterior mean is conv_out(...) + features averaged in groups of 2
+    vae = tiny_vae(shortcut=True, **plain, block_out_channels=(8, 8, 8))
+    enc = vae.encoder
+    torch.nn.init.zeros_(enc.conv_out.conv.weight)
+    torch.nn.init.zeros_(enc.conv_out.conv.bias)
+    x = video(5)
+    h = enc.blocks(enc.conv_in(x))
+    mean, _ = vae.encode_moments(x)
+    torch.testing.assert_close(mean, h.view(1, 4, 2, *h.shape[2:]).mean(dim=2), rtol=0, atol=1e-12)
+    with pytest.raises(PyramidflowError, match="multiple of latent_channels"):
+        tiny_vae(shortcut=True, latent_channels=3, **plain, block_out_channels=(8, 8, 8))

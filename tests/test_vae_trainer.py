@@ -156,3 +156,31 @@ def test_train_vae_command(tmp_path, monkeypatch, capsys):
     assert [s for s, _ in list_checkpoints(tmp_path / "o")] == [1, 2]
     assert cli.main([*args, "--set", "loss.kl=oops"]) == 2
     assert "loss.kl" in capsys.readouterr().err
+
+
+def test_video_folder_datasets_stride_val_folder_and_memory_cache(tmp_path):
+    from pyramidflow.io import write_video
+    from pyramidflow.training.vae_config import VAEDataConfig
+    from pyramidflow.training.vae_data import InMemoryClips, build_vae_datasets
+
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    train_dir.mkdir()
+    val_dir.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name, folder in (("a.mp4", train_dir), ("b.mp4", train_dir), ("c.mp4", val_dir)):
+        write_video(folder / name, torch.rand(13, 3, 16, 16, generator=g), fps=8)
+    cfg = VAEDataConfig(source="folder", path=str(train_dir), frames=5, height=16, width=16, stride=4,
+                        val_path=str(val_dir), num_val=2, cache_in_memory=True)
+    with pytest.warns(UserWarning, match="no .txt caption"):
+        train, val = build_vae_datasets(cfg)
+    assert isinstance(train, InMemoryClips) and len(train) == 2 * 3  # starts 0, 4, 8 in 13 frames
+    assert len(val) == 2
+    assert all(val.base[i]["path"].endswith("c.mp4") for i in val.indices)
+    first = train[0]
+    assert train.store[0].dtype == torch.uint8
+    torch.testing.assert_close(first, train.base[0]["video"], rtol=0, atol=0)  # 8-bit video: exact
+    torch.testing.assert_close(train[0], first, rtol=0, atol=0)  # served from memory
+    cfg.val_path, cfg.cache_in_memory = None, False
+    with pytest.warns(UserWarning):
+        train, val = build_vae_datasets(cfg)
+    assert len(train) + len(val) == 6 and len(val) == 1  # a fifth at most is held out

@@ -19,6 +19,7 @@ class VAEModelConfig:
     norm_groups: int = 8  # GroupNorm groups per frame; 0 = channel RMS norm (local, tile-exact)
     block_type: Literal["res", "plain"] = "res"  # "plain": conv + SiLU blocks, no norm (fast CPU presets)
     mid_blocks: int = 2
+    shortcut: bool = False  # DC-AE parameter-free residual paths around down/up-samples
 
 
 @dataclass
@@ -31,6 +32,10 @@ class VAEDataConfig:
     num_train: int = 4096  # clips drawn from procedural sources
     num_val: int = 16  # held-out clips for PSNR / SSIM
     seed: int = 0
+    fps: float | None = None  # video sources: resample to this rate (None keeps the file's)
+    stride: int | None = None  # video sources: a clip every `stride` frames (None: one per file)
+    val_path: str | None = None  # video sources: validate on this folder/manifest (else a held-out split)
+    cache_in_memory: bool = False  # keep decoded clips (uint8) in RAM: for small video datasets
 
 
 @dataclass

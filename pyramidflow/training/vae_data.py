@@ -56,14 +56,14 @@ def shapes_dataset(num: int, frames: int, height: int, width: int, seed: int):
     return clip_dataset("shapes", frames=frames, height=height, width=width, seed=seed, length=num)
 
 
-def folder_clips(folder: str, frames: int | None, height: int | None, width: int | None):
-    """Clips read from a folder of video files (``pyramidflow.data.video``)."""
-    return clip_dataset("folder", folder, frames=frames, height=height, width=width)
+def folder_clips(folder: str, frames: int | None, height: int | None, width: int | None, **video):
+    """Clips read from a folder of video files (``pyramidflow.data.video``); ``video``: fps, stride."""
+    return clip_dataset("folder", folder, frames=frames, height=height, width=width, **video)
 
 
-def manifest_clips(manifest: str, frames: int | None, height: int | None, width: int | None):
-    """Clips and captions listed in a manifest (``pyramidflow.data.manifest``)."""
-    return clip_dataset("manifest", manifest, frames=frames, height=height, width=width)
+def manifest_clips(manifest: str, frames: int | None, height: int | None, width: int | None, **video):
+    """Clips and captions listed in a manifest (``pyramidflow.data.manifest``); ``video``: fps, stride."""
+    return clip_dataset("manifest", manifest, frames=frames, height=height, width=width, **video)
 
 
 def text_encode_fn(path: str, device):
@@ -84,18 +84,39 @@ class _Split(torch.utils.data.Dataset):
         return self.base[self.indices[i]]
 
 
+class InMemoryClips(torch.utils.data.Dataset):
+    """Decode each clip once and keep it as uint8 (exact for 8-bit video: k/255 round-trips)."""
+
+    def __init__(self, base) -> None:
+        self.base, self.store = base, {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i not in self.store:
+            self.store[i] = as_clip(self.base[i]).mul(255).round_().to(torch.uint8)
+        return self.store[i].float().div_(255)
+
+
 def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-    """(train, validation) datasets for a :class:`VAEDataConfig`; validation clips are held out."""
+    """(train, validation) datasets for a :class:`VAEDataConfig`; validation clips are held out:
+    a separate ``val_path`` when given, else ``num_val`` clips drawn out of the training source
+    (for strided video clips these can overlap training clips of the same file)."""
     if cfg.source == "shapes":
         train = shapes_dataset(cfg.num_train, cfg.frames, cfg.height, cfg.width, cfg.seed)
         val = shapes_dataset(cfg.num_val, cfg.frames, cfg.height, cfg.width, cfg.seed + 10**6)
         return train, val
     if not cfg.path:
         raise PyramidflowError(f"data.source={cfg.source!r} needs data.path")
-    if cfg.source == "folder":
-        full = folder_clips(cfg.path, cfg.frames, cfg.height, cfg.width)
-    else:
-        full = manifest_clips(cfg.path, cfg.frames, cfg.height, cfg.width)
+    load = folder_clips if cfg.source == "folder" else manifest_clips
+    full = load(cfg.path, cfg.frames, cfg.height, cfg.width, fps=cfg.fps, stride=cfg.stride)
+    if cfg.cache_in_memory:
+        full = InMemoryClips(full)
+    if cfg.val_path:
+        val = load(cfg.val_path, cfg.frames, cfg.height, cfg.width, fps=cfg.fps, stride=cfg.stride)
+        picks = torch.linspace(0, len(val) - 1, min(cfg.num_val, len(val))).round().long().tolist()
+        return full, _Split(val, sorted(set(picks)))
     n_val = min(cfg.num_val, len(full) // 5)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     return _Split(full, order[n_val:]), _Split(full, order[:n_val])

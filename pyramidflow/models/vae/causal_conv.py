@@ -160,16 +160,42 @@ def make_block(in_ch: int, out_ch: int, groups: int, kind: str) -> nn.Module:
     return CausalResBlock(in_ch, out_ch, groups)
 
 
-class CausalDownsample(nn.Module):
-    """Strided causal conv: x2 in time (1 + 2m -> 1 + m frames) and/or x2 in space."""
+class CausalDownsample(Streamable):
+    """Strided causal conv: x2 in time (1 + 2m -> 1 + m frames) and/or x2 in space.
 
-    def __init__(self, channels: int, temporal: bool, spatial: bool) -> None:
+    ``shortcut=True`` adds a parameter-free residual path (DC-AE, Chen et al. 2024, "space-to-channel
+    shortcut"): the x2 blocks of the input are folded into channels and averaged back to C channels,
+    i.e. a causal average pool, and the conv sees SiLU(x) (pre-activation), so the block learns a
+    residual on top of a down-sampled copy of its input. Frame 0 is its own group (replicated once).
+    """
+
+    def __init__(self, channels: int, temporal: bool, spatial: bool, shortcut: bool = False) -> None:
         super().__init__()
-        stride = (2 if temporal else 1, 2 if spatial else 1, 2 if spatial else 1)
+        self.ft, self.fs = (2 if temporal else 1), (2 if spatial else 1)
+        stride = (self.ft, self.fs, self.fs)
         self.conv = CausalConv3d(channels, channels, 3, stride=stride)
+        self.shortcut = shortcut
+        self.started = False
+
+    def reset_stream(self) -> None:
+        self.started = False
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, 1 + ft*m, H, W) -> (B, C, 1 + m, H/fs, W/fs); channel groups of one input channel
+        if self.ft == 2 and not (self.streaming and self.started):
+            x = torch.cat([x[:, :, :1], x], dim=2)  # frame 0 forms a group with itself
+        folded = rearrange(
+            x, "b c (t ft) (h fh) (w fw) -> b c (ft fh fw) t h w", ft=self.ft, fh=self.fs, fw=self.fs
+        )
+        return folded.mean(dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        if not self.shortcut:
+            return self.conv(x)
+        y = self.conv(nn.functional.silu(x)) + self._pooled(x)
+        if self.streaming:
+            self.started = True
+        return y
 
 
 class CausalUpsample(Streamable):
@@ -177,25 +203,28 @@ class CausalUpsample(Streamable):
 
     Latent frame 0 expands to two frames of which the first is dropped (the first frame stands on
     its own), so in streaming mode only the very first chunk of a clip drops a frame.
+    ``shortcut=True`` (DC-AE "channel-to-space" shortcut) adds the input repeated over the x2 block,
+    i.e. a nearest-neighbour up-sample, and the conv sees SiLU(x) (pre-activation).
     """
 
-    def __init__(self, channels: int, temporal: bool, spatial: bool) -> None:
+    def __init__(self, channels: int, temporal: bool, spatial: bool, shortcut: bool = False) -> None:
         super().__init__()
         self.ft, self.fs = (2 if temporal else 1), (2 if spatial else 1)
         self.conv = CausalConv3d(channels, channels * self.ft * self.fs * self.fs, 3)
+        self.shortcut = shortcut
         self.started = False
 
     def reset_stream(self) -> None:
         self.started = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = rearrange(
-            self.conv(x),
-            "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)",
-            ft=self.ft,
-            fh=self.fs,
-            fw=self.fs,
-        )
+        if self.shortcut:
+            factor = self.ft * self.fs * self.fs
+            h = self.conv(nn.functional.silu(x)) + x.repeat_interleave(factor, dim=1)
+        else:
+            h = self.conv(x)
+        pattern = "b (c ft fh fw) t h w -> b c (t ft) (h fh) (w fw)"
+        y = rearrange(h, pattern, ft=self.ft, fh=self.fs, fw=self.fs)
         if self.ft == 2 and not (self.streaming and self.started):
             y = y[:, :, 1:]
         if self.streaming:

@@ -6,7 +6,10 @@ log-variance). The decoder mirrors it with pixel-shuffle up-samples. Frame 0 is 
 (causal padding), and every later latent covers ``temporal_compression`` frames, so F = 1 + k*tc
 frames give 1 + k latents. The paper's model is 8x8x8 with 16 channels
 (``block_out_channels=(128, 256, 512, 512)``, downs on the first three levels); the CPU presets in
-``configs/vae-*.yaml`` are smaller. A diagonal Gaussian posterior is regularised with KL to N(0, I).
+``configs/vae-*.yaml`` are smaller. ``shortcut=True`` adds DC-AE's parameter-free residual paths
+(Chen et al. 2024): average-pool shortcuts around every down-sample and into the posterior mean,
+nearest-neighbour shortcuts around every up-sample and out of the latent. A diagonal Gaussian
+posterior is regularised with KL to N(0, I).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
 from torch import nn
 
 from pyramidflow.errors import PyramidflowError
@@ -32,9 +36,10 @@ from pyramidflow.models.vae.interface import VideoAutoencoder
 
 class CausalEncoder(nn.Module):
     def __init__(
-        self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups, kind, mid
+        self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups, kind, mid, shortcut
     ) -> None:
         super().__init__()
+        self.shortcut = shortcut
         self.conv_in = CausalConv3d(in_ch, channels[0], 3)
         blocks: list[nn.Module] = []
         prev = channels[0]
@@ -43,8 +48,8 @@ class CausalEncoder(nn.Module):
                 blocks.append(make_block(prev, ch, groups, kind))
                 prev = ch
             if sd or td:
-                blocks.append(CausalDownsample(ch, temporal=td, spatial=sd))
-                if kind == "plain":
+                blocks.append(CausalDownsample(ch, temporal=td, spatial=sd, shortcut=shortcut))
+                if kind == "plain" and not shortcut:
                     blocks.append(nn.SiLU())
         blocks += [make_block(prev, prev, groups, kind) for _ in range(mid)]
         self.blocks = nn.Sequential(*blocks)
@@ -53,15 +58,21 @@ class CausalEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.conv_in(x))
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        out = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        if self.shortcut:  # the posterior mean gets the features averaged in groups (DC-AE)
+            c = out.shape[1] // 2
+            mean = out[:, :c] + rearrange(h, "b (c g) t y x -> b c g t y x", c=c).mean(dim=2)
+            out = torch.cat([mean, out[:, c:]], dim=1)
+        return out
 
 
 class CausalDecoder(nn.Module):
     def __init__(
-        self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups, kind, mid
+        self, in_ch, out_ch, channels, spatial_down, temporal_down, layers, groups, kind, mid, shortcut
     ) -> None:
         super().__init__()
         top = channels[-1]
+        self.repeat = top // in_ch if shortcut else 0
         self.conv_in = CausalConv3d(in_ch, top, 3)
         blocks: list[nn.Module] = [make_block(top, top, groups, kind) for _ in range(mid)]
         prev = top
@@ -70,15 +81,18 @@ class CausalDecoder(nn.Module):
                 blocks.append(make_block(prev, ch, groups, kind))
                 prev = ch
             if sd or td:
-                blocks.append(CausalUpsample(ch, temporal=td, spatial=sd))
-                if kind == "plain":
+                blocks.append(CausalUpsample(ch, temporal=td, spatial=sd, shortcut=shortcut))
+                if kind == "plain" and not shortcut:
                     blocks.append(nn.SiLU())
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = make_norm(prev, groups) if kind == "res" else nn.Identity()
         self.conv_out = CausalConv3d(prev, out_ch, 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.conv_in(z))
+        h = self.conv_in(z)
+        if self.repeat:  # each latent channel copied to its group of features (DC-AE)
+            h = h + z.repeat_interleave(self.repeat, dim=1)
+        h = self.blocks(h)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
@@ -100,6 +114,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
         norm_groups: int = 32,
         block_type: str = "res",
         mid_blocks: int = 2,
+        shortcut: bool = False,
         latents_mean: Sequence[float] | None = None,
         latents_std: Sequence[float] | None = None,
     ) -> None:
@@ -117,6 +132,11 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
             )
         if block_type not in ("res", "plain"):
             raise PyramidflowError(f"block_type must be 'res' or 'plain', got {block_type!r}")
+        if shortcut and block_out_channels[-1] % latent_channels:
+            raise PyramidflowError(
+                "shortcut=True needs the last width to be a multiple of latent_channels, got "
+                f"{block_out_channels[-1]} and {latent_channels}"
+            )
         for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
             if stats is not None and len(stats) != latent_channels:
                 raise PyramidflowError(f"{name} needs {latent_channels} values, got {len(stats)}")
@@ -124,12 +144,9 @@ class CausalVideoVAE(ModelMixin, ConfigMixin, VideoAutoencoder):
         self.temporal_compression = 2 ** sum(bool(t) for t in temporal_down)
         self.spatial_compression = 2 ** sum(bool(s) for s in spatial_down)
         args = (list(block_out_channels), list(spatial_down), list(temporal_down))
-        self.encoder = CausalEncoder(
-            in_channels, 2 * latent_channels, *args, layers_per_block, norm_groups, block_type, mid_blocks
-        )
-        self.decoder = CausalDecoder(
-            latent_channels, in_channels, *args, decoder_layers_per_block, norm_groups, block_type, mid_blocks
-        )
+        common = (norm_groups, block_type, mid_blocks, shortcut)
+        self.encoder = CausalEncoder(in_channels, 2 * latent_channels, *args, layers_per_block, *common)
+        self.decoder = CausalDecoder(latent_channels, in_channels, *args, decoder_layers_per_block, *common)
         with torch.no_grad():  # start with a narrow posterior so early samples carry the signal
             self.encoder.conv_out.conv.bias[latent_channels:].fill_(-4.0)
 
