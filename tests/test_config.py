@@ -59,3 +59,20 @@ def test_floats_written_like_3e_4_are_numbers(tmp_path):
     assert load_config(TrainConfig, None, ["checkpoint_every=7"]).loop.checkpoint_every == 7
     with pytest.raises(ValueError, match="ambiguous; write one of: data.seed, loop.seed"):
         load_config(TrainConfig, None, ["seed=3"])
+
+
+def test_every_shipped_preset_loads_into_its_config():
+    """Each YAML in configs/ parses into the dataclass of the command it is for (no typos, no stale keys)."""
+    from pathlib import Path
+
+    from pyramidflow.training.experiment import TrainConfig
+    from pyramidflow.training.vae_config import VAETrainConfig
+
+    presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert len(presets) >= 4
+    for path in presets:
+        cls = VAETrainConfig if path.name.startswith("vae-") else TrainConfig
+        cfg = load_config(cls, path)
+        assert isinstance(cfg, cls), path.name
+    shapes = load_config(VAETrainConfig, presets[[p.name for p in presets].index("vae-shapes-tiny.yaml")])
+    assert shapes.model.shortcut and shapes.max_minutes == 10
