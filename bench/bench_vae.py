@@ -118,7 +118,7 @@ def video_memory_table(vae_dir: str, path: str, frames: int, height: int, width:
     with tempfile.TemporaryDirectory() as tmp:
         file = f"{tmp}/clip.safetensors"
         save_file({"z": z.contiguous(), "x": x.contiguous()}, file)
-        spec = {"vae": vae_dir, "file": file, "overlap": max(1, tile // 4)}
+        spec = {"vae": vae_dir, "file": file, "overlap": tile // 4}
         for name, chunk, t in (("whole", None, None), ("chunked 1", 1, None), ("chunked 1 + tiled", 1, tile)):
             peak, out_mb, sec, score = measure_decode(spec, chunk, t)
             print(f"| {name} | {peak:.0f} | {out_mb:.0f} | {sec:.2f} | {frames / sec:.1f} | {score:.2f} |")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae import load_vae
 from pyramidflow.training import vae_trainer
 from pyramidflow.training.checkpoint import list_checkpoints
@@ -174,8 +175,8 @@ def test_video_folder_datasets_stride_val_folder_and_memory_cache(tmp_path):
     with pytest.warns(UserWarning, match="no .txt caption"):
         train, val = build_vae_datasets(cfg)
     assert isinstance(train, InMemoryClips) and len(train) == 2 * 3  # starts 0, 4, 8 in 13 frames
-    assert len(val) == 2
-    assert all(val.base[i]["path"].endswith("c.mp4") for i in val.indices)
+    assert isinstance(val, InMemoryClips) and len(val) == 2  # validation clips are cached too
+    assert all(val.base.base[i]["path"].endswith("c.mp4") for i in val.base.indices)
     first = train[0]
     assert train.store[0].dtype == torch.uint8
     torch.testing.assert_close(first, train.base[0]["video"], rtol=0, atol=0)  # 8-bit video: exact
@@ -184,3 +185,8 @@ def test_video_folder_datasets_stride_val_folder_and_memory_cache(tmp_path):
     with pytest.warns(UserWarning):
         train, val = build_vae_datasets(cfg)
     assert len(train) + len(val) == 6 and len(val) == 1  # a fifth at most is held out
+    cfg.val_path, cfg.frames = str(val_dir), 17  # longer than the 13-frame validation file
+    with pytest.warns(UserWarning), pytest.raises(PyramidflowError, match="no validation clips of 17"):
+        build_vae_datasets(cfg)
+    with pytest.raises(PyramidflowError, match="data.stride: only for video sources"):
+        build_vae_datasets(VAEDataConfig(source="shapes", stride=2))

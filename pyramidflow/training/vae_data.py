@@ -104,6 +104,12 @@ def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.
     a separate ``val_path`` when given, else ``num_val`` clips drawn out of the training source
     (for strided video clips these can overlap training clips of the same file)."""
     if cfg.source == "shapes":
+        video_only = {"fps": cfg.fps, "stride": cfg.stride, "val_path": cfg.val_path,
+                      "cache_in_memory": cfg.cache_in_memory or None}
+        given = [f"data.{key}" for key, value in video_only.items() if value is not None]
+        if given:
+            names = ", ".join(given)
+            raise PyramidflowError(f"{names}: only for video sources (folder, manifest), not shapes")
         train = shapes_dataset(cfg.num_train, cfg.frames, cfg.height, cfg.width, cfg.seed)
         val = shapes_dataset(cfg.num_val, cfg.frames, cfg.height, cfg.width, cfg.seed + 10**6)
         return train, val
@@ -115,8 +121,12 @@ def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.
         full = InMemoryClips(full)
     if cfg.val_path:
         val = load(cfg.val_path, cfg.frames, cfg.height, cfg.width, fps=cfg.fps, stride=cfg.stride)
+        if len(val) == 0:
+            where = f"data.val_path {cfg.val_path}"
+            raise PyramidflowError(f"no validation clips of {cfg.frames} frames in {where}")
         picks = torch.linspace(0, len(val) - 1, min(cfg.num_val, len(val))).round().long().tolist()
-        return full, _Split(val, sorted(set(picks)))
+        val = _Split(val, sorted(set(picks)))
+        return full, InMemoryClips(val) if cfg.cache_in_memory else val
     n_val = min(cfg.num_val, len(full) // 5)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     return _Split(full, order[n_val:]), _Split(full, order[:n_val])
