@@ -84,3 +84,13 @@ def test_training_reads_a_latent_cache(vae_dir, tmp_path):
         cfg = load_config(TrainConfig, PRESET, TINY + [f"vae={tmp_path / 'other'}", "data.source=latents",
                                                        f"data.path={tmp_path / 'cache'}"])
         build_components(cfg)
+
+
+def test_latent_training_without_a_trained_vae_says_how_to_make_one(tmp_path, capsys):
+    args = ["train", "--config", str(PRESET), "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"]
+    for item in [*TINY, f"vae={tmp_path / 'missing'}"]:
+        args += ["--set", item]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "no VAE config.json" in err
+    assert "pyramidflow train-vae --config configs/vae-shapes-tiny.yaml" in err

@@ -219,7 +219,13 @@ def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
     if cfg.space == "latent":
         from pyramidflow.models.vae import load_vae
 
-        vae = load_vae(cfg.vae)
+        try:
+            vae = load_vae(cfg.vae)
+        except FileNotFoundError as err:
+            raise PyramidflowError(
+                f"{err} (space: latent needs a trained VAE; make one with `pyramidflow train-vae "
+                "--config configs/vae-shapes-tiny.yaml --out DIR`, then --set vae=DIR/vae)"
+            ) from err
         to_model_space, channels = latent_space(vae), vae.latent_channels
         if cfg.data.source == "latents":  # already encoded (and normalised) by this VAE
             check_cache_matches(dataset, vae)
