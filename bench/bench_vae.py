@@ -50,7 +50,7 @@ def _decode_once(spec, chunk, tile, queue):
     torch.set_num_threads(2)
     if "file" in spec:  # latents of a real clip, the trained VAE that made them
         vae = load_vae(spec["vae"]).eval()
-        z = load_file(spec["file"])["z"]
+        z = load_file(spec["file"])["z"]  # the source frames are in another file, read later
     else:
         vae = memory_model()
         z = torch.randn(1, 16, spec["latent_frames"], spec["size"], spec["size"])
@@ -63,7 +63,7 @@ def _decode_once(spec, chunk, tile, queue):
     out_mb = out.numel() * 4 / 2**20
     score = None
     if "file" in spec:  # after the peak was read, so the reference does not count
-        ref = (load_file(spec["file"])["x"] + 1) / 2
+        ref = (load_file(spec["source"])["x"] + 1) / 2
         score = float(psnr(((out.float() + 1) / 2).clamp(0, 1), ref).mean())
     queue.put((peak - base, out_mb, seconds, score))
 
@@ -92,15 +92,12 @@ def memory_table(quick: bool) -> None:
 
 
 def video_tensor(path: str, frames: int, height: int, width: int) -> torch.Tensor:
-    """The first ``frames`` frames of a video, scaled to cover ``height`` x ``width`` and centre-cropped:
-    (1, 3, F, H, W) in [-1, 1]."""
-    from pyramidflow.data.video import center_crop, cover_size
-    from pyramidflow.io import probe, read_frames
+    """The first ``frames`` frames of a video, scaled to cover ``height`` x ``width`` and centre-cropped
+    (as the training datasets read it): (1, 3, F, H, W) in [-1, 1]."""
+    from pyramidflow.data.video import Entry, VideoClipDataset
 
-    info = probe(path)
-    arr, _ = read_frames(path, num_frames=frames, size=cover_size(info.width, info.height, height, width), info=info)
-    arr = center_crop(arr, height, width)  # (F, H, W, 3) uint8
-    return to_model_range([torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255])
+    clip = VideoClipDataset([Entry(path, "")], frames, height=height, width=width)[0]
+    return to_model_range([as_clip(clip)])
 
 
 def video_memory_table(vae_dir: str, path: str, frames: int, height: int, width: int, tile: int) -> None:
@@ -116,9 +113,10 @@ def video_memory_table(vae_dir: str, path: str, frames: int, height: int, width:
     print("| mode | peak extra MiB | output MiB | seconds | frames/s | PSNR dB vs source |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        file = f"{tmp}/clip.safetensors"
-        save_file({"z": z.contiguous(), "x": x.contiguous()}, file)
-        spec = {"vae": vae_dir, "file": file, "overlap": tile // 4}
+        spec = {"vae": vae_dir, "file": f"{tmp}/z.safetensors", "source": f"{tmp}/x.safetensors",
+                "overlap": tile // 4}
+        save_file({"z": z.contiguous()}, spec["file"])
+        save_file({"x": x.contiguous()}, spec["source"])
         for name, chunk, t in (("whole", None, None), ("chunked 1", 1, None), ("chunked 1 + tiled", 1, tile)):
             peak, out_mb, sec, score = measure_decode(spec, chunk, t)
             print(f"| {name} | {peak:.0f} | {out_mb:.0f} | {sec:.2f} | {frames / sec:.1f} | {score:.2f} |")

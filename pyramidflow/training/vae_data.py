@@ -116,17 +116,15 @@ def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.
     if not cfg.path:
         raise PyramidflowError(f"data.source={cfg.source!r} needs data.path")
     load = folder_clips if cfg.source == "folder" else manifest_clips
-    full = load(cfg.path, cfg.frames, cfg.height, cfg.width, fps=cfg.fps, stride=cfg.stride)
-    if cfg.cache_in_memory:
-        full = InMemoryClips(full)
+    keep = InMemoryClips if cfg.cache_in_memory else (lambda dataset: dataset)
+    full = keep(load(cfg.path, cfg.frames, cfg.height, cfg.width, fps=cfg.fps, stride=cfg.stride))
     if cfg.val_path:
         val = load(cfg.val_path, cfg.frames, cfg.height, cfg.width, fps=cfg.fps, stride=cfg.stride)
         if len(val) == 0:
             where = f"data.val_path {cfg.val_path}"
             raise PyramidflowError(f"no validation clips of {cfg.frames} frames in {where}")
         picks = torch.linspace(0, len(val) - 1, min(cfg.num_val, len(val))).round().long().tolist()
-        val = _Split(val, sorted(set(picks)))
-        return full, InMemoryClips(val) if cfg.cache_in_memory else val
+        return full, keep(_Split(val, sorted(set(picks))))
     n_val = min(cfg.num_val, len(full) // 5)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     return _Split(full, order[n_val:]), _Split(full, order[:n_val])
