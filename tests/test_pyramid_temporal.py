@@ -65,3 +65,20 @@ def test_corruption_levels_and_distribution(generator):
 def test_token_errors():
     with pytest.raises(PyramidflowError, match="multiples of 8"):
         tokens_per_level((12, 16), (2, 2), 1, 3)
+
+
+def test_history_window_keeps_the_most_recent_units_with_absolute_indices():
+    from pyramidflow.pyramid.temporal import compress_history, history_window
+
+    assert list(history_window(5, None)) == [0, 1, 2, 3, 4]
+    assert list(history_window(5, 2)) == [3, 4]
+    assert list(history_window(1, 3)) == [0]
+    units = [torch.full((1, 3, 1, 8, 8), float(i), dtype=torch.float64) for i in range(5)]
+    t = HaarTransform()
+    kept = compress_history(units, stage=2, num_stages=3, transform=t, max_history=2)
+    assert [h.unit for h in kept] == [3, 4]
+    assert [h.level for h in kept] == history_levels(2, 2, 3) == [1, 0]
+    for h in kept:  # a window changes which units are kept, not how a unit is compressed
+        assert torch.equal(h.latent, t.down(units[h.unit], h.level))
+    with pytest.raises(PyramidflowError, match="max_history"):
+        history_window(3, -1)

@@ -38,12 +38,14 @@ def generate_units(
     *,
     dtype: torch.dtype = torch.float32,
     on_unit: Callable[[int, Tensor], None] | None = None,
+    max_history: int | None = None,
 ) -> Tensor:
     """Generate ``num_units`` units of shape ``unit_shape`` (B, C, F, H, W); returns (B, C, U*F, H, W).
 
     ``first_steps`` (default ``steps``) is used for unit 0, which is generated like an image (no
     history). ``prefix`` units are given (clean, full resolution), e.g. an encoded first frame for
     image-to-video; they are returned as they are and only the remaining units are sampled.
+    ``max_history`` keeps only the most recent units as history (None: all).
     """
     if num_units < 1:
         raise PyramidflowError(f"num_units must be >= 1, got {num_units}")
@@ -60,7 +62,7 @@ def generate_units(
         def velocity(x: Tensor, sigma: Tensor, stage: int, index=index, cache=cache) -> Tensor:
             if stage not in cache:  # once per stage, reused by every step of the stage
                 cache.clear()
-                cache[stage] = compress_history(units, stage, schedule.num_stages, transform)
+                cache[stage] = compress_history(units, stage, schedule.num_stages, transform, max_history)
             return unit_velocity(x, sigma, stage, cache[stage], index)
 
         unit_steps = first_steps if (index == 0 and first_steps is not None) else steps

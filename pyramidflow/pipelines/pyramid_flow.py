@@ -230,7 +230,8 @@ class PyramidFlowPipeline:
             velocity = UnitVelocity(self.transformer, both, self.schedule.num_stages, use_cache=use_cache)
             fn = GuidedUnitVelocity(velocity, w_first, w_rest) if guided else velocity
             latents = generate_units(bar.wrap(fn), self.schedule, self.transform, unit, shape[2] // f,
-                                     steps, first, generator, prefix, dtype=torch.float32)
+                                     steps, first, generator, prefix, dtype=torch.float32,
+                                     max_history=cfg.temporal.max_history)
         else:
             fn = guided_velocity(self.transformer, text, null if guided else None, w_rest, w_first,
                                  self.transform)

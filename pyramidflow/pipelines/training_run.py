@@ -27,7 +27,8 @@ def held_out(cfg: TrainConfig, count: int, vae=None) -> tuple[list[str], list[to
     d = cfg.data
     if d.source == "shapes":
         ds = clip_dataset("shapes", frames=d.frames, height=d.height, width=d.width, seed=d.seed,
-                          length=max(count, 2), split="val", fps=d.fps, bounce=d.bounce)
+                          length=max(count, 2), split="val", fps=d.fps, bounce=d.bounce,
+                          travel_frames=d.travel_frames)
     else:
         ds = clip_dataset(d.source, d.path, frames=d.frames, height=d.height, width=d.width, fps=d.fps)
     items = [ds[i] for i in range(min(count, len(ds)))]

@@ -121,12 +121,28 @@ class HistoryUnit:
     unit: int  # index of the unit in the video
 
 
-def compress_history(units: Sequence[Tensor], stage: int, num_stages: int, transform: HaarTransform
-                     ) -> list[HistoryUnit]:
-    """The history seen at ``stage`` by the unit after ``units`` (each (B, C, F, H, W), full res)."""
-    levels = history_levels(len(units), stage, num_stages)
-    pairs = enumerate(zip(units, levels, strict=True))
-    return [HistoryUnit(transform.down(u, lv), lv, i) for i, (u, lv) in pairs]
+def history_window(num_units: int, max_history: int | None) -> range:
+    """Indices of the units kept as history by unit ``num_units``: the last ``max_history`` (all if None).
+
+    With a window the attended temporal distance, and so the cost of a unit, stops growing once
+    ``max_history`` units exist; positions are relative (RoPE), so a model trained on clips longer
+    than its window sees nothing new at any later unit.
+    """
+    if max_history is not None and max_history < 0:
+        raise PyramidflowError(f"max_history must be >= 0 (or None for all), got {max_history}")
+    start = 0 if max_history is None else max(0, num_units - max_history)
+    return range(start, num_units)
+
+
+def compress_history(units: Sequence[Tensor], stage: int, num_stages: int, transform: HaarTransform,
+                     max_history: int | None = None) -> list[HistoryUnit]:
+    """The history seen at ``stage`` by the unit after ``units`` (each (B, C, F, H, W), full res).
+
+    Only the last ``max_history`` units are kept (:func:`history_window`); unit indices stay absolute.
+    """
+    kept = history_window(len(units), max_history)
+    levels = history_levels(len(kept), stage, num_stages)
+    return [HistoryUnit(transform.down(units[i], lv), lv, i) for i, lv in zip(kept, levels, strict=True)]
 
 
 def split_units(x: Tensor, frames_per_unit: int) -> list[Tensor]:

@@ -69,6 +69,7 @@ class DataConfig:
     image_ratio: float = 0.0  # procedural source: one-frame images mixed in, as a share of the clips
     stride: int | None = None  # real videos: several clips per file, this many frames apart
     bounce: bool = False
+    travel_frames: int | None = None  # shapes: frames to cover a speed's share of the frame (None: the clip)
     seed: int = 0
 
 
@@ -141,7 +142,8 @@ class Components:
 def build_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
     d = cfg.data
     common = dict(height=d.height, width=d.width, seed=d.seed, fps=d.fps)
-    extra = {"bounce": d.bounce} if d.source == "shapes" else {"stride": d.stride}
+    extra = ({"bounce": d.bounce, "travel_frames": d.travel_frames} if d.source == "shapes"
+             else {"stride": d.stride})
     videos = clip_dataset(d.source, d.path, frames=d.frames, length=d.num_clips, **common, **extra)
     images = None
     if d.source == "shapes" and d.image_ratio > 0:

@@ -43,6 +43,7 @@ class TemporalConfig:
     mode: str = "full_sequence"  # full_sequence | autoregressive
     frames_per_unit: int = 1  # frames (model space: latent frames) per autoregressive unit
     corrupt_max: float = 1 / 3  # training history noise level ~ U(0, corrupt_max)
+    max_history: int | None = None  # autoregressive: history units kept (the most recent); None: all
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -51,6 +52,8 @@ class TemporalConfig:
             raise PyramidflowError(f"frames_per_unit must be >= 1, got {self.frames_per_unit}")
         if not 0.0 <= self.corrupt_max <= 1.0:
             raise PyramidflowError(f"corrupt_max must lie in [0, 1], got {self.corrupt_max}")
+        if self.max_history is not None and self.max_history < 1:
+            raise PyramidflowError(f"max_history must be >= 1 (or null for all), got {self.max_history}")
 
     @property
     def autoregressive(self) -> bool:
@@ -92,7 +95,7 @@ def draw_example(
     stage = int(ts.stage[0])
     x_t = ts.x_t[0][None] if isinstance(ts.x_t, list) else ts.x_t
     target = ts.target[0][None] if isinstance(ts.target, list) else ts.target
-    history = compress_history(units[:u], stage, schedule.num_stages, transform)
+    history = compress_history(units[:u], stage, schedule.num_stages, transform, temporal.max_history)
     if history and temporal.corrupt_max > 0:
         level = torch.rand((), generator=generator, dtype=torch.float64) * temporal.corrupt_max
         history = [HistoryUnit(corrupt(h.latent, float(level), generator), h.level, h.unit) for h in history]
