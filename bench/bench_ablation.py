@@ -42,7 +42,9 @@ def table(out: Path) -> None:
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():
-            m = json.loads(line)
+            m = {k.removeprefix("val/"): v for k, v in json.loads(line).items()}
+            if "color" not in m:  # a training log line, not a validation
+                continue
             print(f"| {arm} | {m['step']} | {m['train_seconds'] / 60:.1f} | {m['color']:.2f} | {m['shape']:.2f} | "
                   f"{m['direction']:.2f} | {m['all']:.2f} | {m.get('frechet', float('nan')):.3f} |")
 

@@ -15,12 +15,13 @@ import time
 
 import torch
 
-from pyramidflow.config import load_config
+from pyramidflow.config import load_config, to_dict
 from pyramidflow.flops import TransformerSpec, forward_flops, schedule_flops
 from pyramidflow.pipelines import PipelineConfig, PyramidFlowPipeline
 from pyramidflow.pyramid import HaarTransform
 from pyramidflow.pyramid.temporal import max_training_tokens, tokens_per_level
-from pyramidflow.training.experiment import TrainConfig, build_components, make_trainer
+from pyramidflow.training.build import build_components, make_trainer
+from pyramidflow.training.config import TrainConfig
 
 PRESET = "configs/shapes-tiny.yaml"
 
@@ -52,15 +53,16 @@ def _trainer(mode: str, frames: int, batch: int, out: str):
 
 def _measured_tokens(trainer, batch: int) -> tuple[float, int]:
     """Mean and max tokens per training sample over a batch of real draws (the packed sequences)."""
-    from pyramidflow.training.temporal_loss import draw_example
+    from pyramidflow.training.packed_loss import draw_example
     from pyramidflow.training.trainer import example_generator
 
-    x0, _ = trainer._load(list(range(batch)))
-    patch = trainer.wrapped["transformer"].config.patch_size
+    method = trainer.method
+    x0 = method.to_model_space(torch.stack([trainer.dataset[i]["video"] for i in range(batch)]))
+    patch = method.transformer.config.patch_size
     counts = []
-    for j, x in enumerate(x0.split(1) if torch.is_tensor(x0) else x0):
-        ex = draw_example(x, trainer.schedule, trainer.transform, example_generator(0, 0, j),
-                          trainer.config.temporal, patch[0])
+    for j, x in enumerate(x0.split(1)):
+        ex = draw_example(x, method.schedule, method.transform, example_generator(0, 0, j), method.temporal,
+                          patch[0])
         counts.append(sum(s.latent[0, 0].numel() // (patch[0] * patch[1] * patch[2]) for s in ex.segments))
     return sum(counts) / len(counts), max(counts)
 
@@ -87,7 +89,8 @@ def _pipe(stages: int, mode: str = "autoregressive") -> PyramidFlowPipeline:
     cfg = load_config(TrainConfig, PRESET, [f"pyramid.num_stages={stages}", f"temporal.mode={mode}",
                                             f"sampling.steps={[10] * stages}", "data.num_clips=64"])
     parts = build_components(cfg)
-    return PyramidFlowPipeline(parts.model.eval(), parts.text_encoder.eval(), None, PipelineConfig.from_train(cfg))
+    config = PipelineConfig.from_train_dict(to_dict(cfg))
+    return PyramidFlowPipeline(parts.model.eval(), parts.text_encoder.eval(), None, config)
 
 
 def _time(fn, repeats: int) -> float:

@@ -1,4 +1,4 @@
-"""Benchmark: the renoising jump at a 768p-sized latent, three ways (MATH.md section 5).
+"""Benchmark: the renoising jump at a 768p-sized latent, three ways (docs/maths.md section 5).
 
 * ours:       x' = alpha up(x) + sigma' P_detail(eps), vectorised (pyramidflow.pyramid.renoise)
 * reference:  the published approach -- a Python loop drawing each 2x2 block's noise from a
@@ -49,7 +49,7 @@ def cholesky_block_noise(b, c, t, h, w, generator=None) -> torch.Tensor:
 
 
 def jump_with_block_noise(x, sigma, sampler, generator=None):
-    """alpha up(x) + beta * block noise with beta = sigma' sqrt(3)/2 (MATH.md section 5)."""
+    """alpha up(x) + beta * block noise with beta = sigma' sqrt(3)/2 (docs/maths.md section 5)."""
     up = torch.repeat_interleave(torch.repeat_interleave(x, 2, dim=-2), 2, dim=-1)
     s_next = jump_sigma(sigma, 2.0)
     beta = s_next * math.sqrt(3.0) / 2.0

@@ -1,4 +1,4 @@
-"""Benchmark: PyramidDiT on the CPU (MATH.md section 7).
+"""Benchmark: PyramidDiT on the CPU (docs/maths.md section 7).
 
 1. Forward throughput (tokens/s) of PyramidDiT against diffusers' WanTransformer3DModel with the
    same config and weights, several sizes (target: ratio >= 1.0).

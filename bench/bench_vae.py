@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pyramidflow.models.vae import CausalVideoVAE, load_vae
-from pyramidflow.training.vae_data import as_clip, to_model_range
-from pyramidflow.training.vae_losses import psnr, ssim
+from pyramidflow.training.vae.data import as_clip, to_model_range
+from pyramidflow.training.vae.losses import psnr, ssim
 
 
 def memory_model() -> CausalVideoVAE:
@@ -146,14 +146,14 @@ def quality(vae, clips, label: str, batch: int = 4) -> None:
 
 def shapes_clips(n: int, frames: int, size: int):
     """Held-out built-in shapes clips (the seed train-vae validates with)."""
-    from pyramidflow.training.vae_data import shapes_dataset
+    from pyramidflow.training.vae.data import shapes_dataset
 
     data = shapes_dataset(n, frames, size, size, seed=10**6)
     return [as_clip(data[i]) for i in range(n)]
 
 
 def video_clips(folder: str, frames: int, height: int, width: int, limit: int, stride: int | None):
-    from pyramidflow.training.vae_data import folder_clips
+    from pyramidflow.training.vae.data import folder_clips
 
     data = folder_clips(folder, frames=frames, height=height, width=width, stride=stride)
     return [as_clip(data[i]) for i in range(min(limit, len(data)))]

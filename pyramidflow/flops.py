@@ -1,4 +1,4 @@
-"""FLOP accounting for the Wan transformer family over a pyramid (MATH.md section 8).
+"""FLOP accounting for the Wan transformer family over a pyramid (docs/maths.md section 8).
 
 Counting rule (PyramidalWan Table 1): 2 FLOPs per multiply-add in every linear layer (patch
 embedding, time/text embeddings, attention projections, FFN, output head) plus the attention

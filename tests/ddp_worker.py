@@ -7,9 +7,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_components import HashTextEncoder, TinyVideos, tiny_wan  # noqa: E402
+from tiny_components import HashTextEncoder, TinyVideos, flow_trainer, tiny_wan  # noqa: E402
 
-from pyramidflow.training.trainer import LoopConfig, Trainer, TrainerConfig  # noqa: E402
+from pyramidflow.training.config import LoopConfig  # noqa: E402
 
 
 def main(out: str, steps: int, grad_accum: int = 1) -> None:
@@ -20,11 +20,9 @@ def main(out: str, steps: int, grad_accum: int = 1) -> None:
     text = HashTextEncoder()
     loop = LoopConfig(batch_size=8, max_steps=steps, grad_accum=grad_accum, ema_decay=0.9,
                       checkpoint_every=0, progress=False)
-    config = TrainerConfig(loop=loop)
-    trainer = Trainer(tiny_wan(), text, TinyVideos(), config, out, extra_trainable={"text_encoder": text},
-                      accelerator=acc)
+    trainer = flow_trainer(tiny_wan(), text, TinyVideos(), out, loop, accelerator=acc)
     stats = trainer.train()
-    model = trainer.wrapped["transformer"]
+    model = trainer.modules["transformer"]
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save({"state": state, "loss": stats["loss"], "backend": str(acc.distributed_type)},
                Path(out) / f"rank{acc.process_index}.pt")

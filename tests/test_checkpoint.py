@@ -8,8 +8,8 @@ import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
+from pyramidflow.io import checkpoint as ckpt
 from pyramidflow.models.vae import CausalVideoVAE
-from pyramidflow.training import checkpoint as ckpt
 
 
 def build(seed):

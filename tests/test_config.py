@@ -49,7 +49,7 @@ def test_unknown_keys_and_bad_types(tmp_path):
 
 
 def test_floats_written_like_3e_4_are_numbers(tmp_path):
-    from pyramidflow.training.experiment import TrainConfig
+    from pyramidflow.training.config import TrainConfig
 
     (tmp_path / "c.yaml").write_text("optim:\n  lr: 3e-4\n")
     cfg = load_config(TrainConfig, tmp_path / "c.yaml", ["optim.betas=[0.9, 9e-1]", "loop.ema_decay=1e-1"])
@@ -65,8 +65,8 @@ def test_every_shipped_preset_loads_into_its_config():
     """Each YAML in configs/ parses into the dataclass of the command it is for (no typos, no stale keys)."""
     from pathlib import Path
 
-    from pyramidflow.training.experiment import TrainConfig
-    from pyramidflow.training.vae_config import VAETrainConfig
+    from pyramidflow.training.config import TrainConfig
+    from pyramidflow.training.vae.config import VAETrainConfig
 
     presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(presets) >= 4

@@ -13,7 +13,7 @@ from pyramidflow.pyramid import HaarTransform
 CAUSAL = HaarTransform(temporal=True, causal_first_frame=True)
 LATENT = WAN_VAE.latent_shape(81, 448, 832)
 
-TABLE_1 = {  # PyramidalWan Table 1, Wan2.1-1.3B, TFLOPs without CFG (MATH.md section 8)
+TABLE_1 = {  # PyramidalWan Table 1, Wan2.1-1.3B, TFLOPs without CFG (docs/maths.md section 8)
     (0, 0, 50): 12592,
     (20, 20, 10): 2821,
     (0, 0, 4): 1007,

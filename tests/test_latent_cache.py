@@ -8,7 +8,7 @@ import torch
 from pyramidflow.data import latent_cache as lc
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae import CausalVideoVAE
-from pyramidflow.training.vae_cache import build_latent_cache
+from pyramidflow.training.vae.cache import build_latent_cache
 
 
 class Clips(torch.utils.data.Dataset):
@@ -98,7 +98,7 @@ def test_worker_split_and_errors(tmp_path):
 
 def test_cache_latents_command(tmp_path, vae, monkeypatch, capsys):
     from pyramidflow import cli
-    from pyramidflow.training import vae_data
+    from pyramidflow.training.vae import data as vae_data
 
     vae.save_pretrained(tmp_path / "vae")
     monkeypatch.setattr(vae_data, "manifest_clips", lambda path, **kw: Clips(3))

@@ -194,7 +194,7 @@ def test_bf16_autocast_runs_close_to_float32(model):
 
 
 def test_unit_velocity_with_cache_drives_autoregressive_generation(model):
-    from pyramidflow.models.unit_velocity import UnitVelocity
+    from pyramidflow.models.velocity import UnitVelocity
     from pyramidflow.pipelines.autoregressive import generate_units
     from pyramidflow.pyramid import HaarTransform, PyramidSchedule
 

@@ -10,7 +10,7 @@ from pyramidflow.cli import main
 from pyramidflow.data.shapes import ShapesDataset
 from pyramidflow.models.vae import CausalVideoVAE
 from pyramidflow.pipelines import PyramidFlowPipeline
-from pyramidflow.training.vae_cache import build_latent_cache
+from pyramidflow.training.vae.cache import build_latent_cache
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "shapes-tiny.yaml"
 TINY = [
@@ -79,7 +79,8 @@ def test_training_reads_a_latent_cache(vae_dir, tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="set vae: to the folder the cache was encoded with"):
         from pyramidflow.config import load_config
-        from pyramidflow.training.experiment import TrainConfig, build_components
+        from pyramidflow.training.build import build_components
+        from pyramidflow.training.config import TrainConfig
 
         cfg = load_config(TrainConfig, PRESET, TINY + [f"vae={tmp_path / 'other'}", "data.source=latents",
                                                        f"data.path={tmp_path / 'cache'}"])

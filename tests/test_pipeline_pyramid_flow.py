@@ -61,7 +61,9 @@ def test_train_writes_checkpoints_samples_and_pipeline(run_dir):
     assert {"00.mp4", "00.txt", "01.mp4", "sheet.png", "metrics.json"} <= {p.name for p in samples.iterdir()}
     scores = json.loads((samples / "metrics.json").read_text())
     assert {"color", "shape", "direction", "frechet"} <= set(scores)
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val/color" in r] == [4]  # one validation, at the end
+    assert [r["step"] for r in records if "loss" in r] == [4]  # training logs (log_every 20: the last step)
     assert list((run_dir / "logs").glob("events.out.tfevents.*"))
     assert (run_dir / "pipeline" / "model_index.json").is_file()
 
@@ -209,7 +211,7 @@ def test_demo_retrains_from_a_preset_with_overrides(tmp_path):
 
 def test_demo_prompts_cover_the_vocabulary():
     from pyramidflow.data.vocab import BACKGROUNDS, COLORS, MOVING_DIRECTIONS, SHAPES, SPEEDS, parse_prompt
-    from pyramidflow.pipelines.demo import demo_prompts
+    from pyramidflow.demo import demo_prompts
 
     prompts = demo_prompts()
     assert len(prompts) == 32 == len(set(prompts))

@@ -1,4 +1,4 @@
-"""renoise: exact jump distribution by Monte Carlo (MATH.md 5), reproducibility, errors."""
+"""renoise: exact jump distribution by Monte Carlo (docs/maths.md section 5), reproducibility, errors."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""PyramidSchedule: reference windows, natural <-> global levels, grids (MATH.md 3-4)."""
+"""PyramidSchedule: reference windows, natural <-> global levels, grids (docs/maths.md section 3-4)."""
 
 import math
 
@@ -39,7 +39,7 @@ def test_paper_condition_in_t_units():
 
 
 def test_jump_coefficients_reference_figures():
-    # alpha / beta for Pyramid Flow's block noise, beta = sigma' * sqrt(3) / 2 (MATH.md 5).
+    # alpha / beta for Pyramid Flow's block noise, beta = sigma' * sqrt(3) / 2 (docs/maths.md section 5).
     for sigma, alpha, beta in ((2 / 3, 0.600, 0.693), (1 / 3, 0.750, 0.433)):
         a = jump_alpha(sigma, 2.0)
         b = jump_sigma(sigma, 2.0) * math.sqrt(3) / 2

@@ -1,4 +1,4 @@
-"""Temporal pyramid: history levels, positions, corruption and token counts (MATH.md 7-8)."""
+"""Temporal pyramid: history levels, positions, corruption and token counts (docs/maths.md section 7-8)."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from pyramidflow.pyramid.temporal import (
     max_training_tokens,
     sequence_tokens,
     tokens_per_level,
-    unit_segments,
+    unit_layout,
 )
 
 
@@ -24,7 +24,7 @@ def test_history_levels_follow_the_reference_layout():
     assert history_levels(4, stage=0, num_stages=3) == [2, 2, 2, 2]
     assert history_levels(4, stage=1, num_stages=3) == [2, 2, 2, 1]
     assert history_levels(0, stage=2, num_stages=3) == []
-    segs = unit_segments(2, stage=2, num_stages=3)
+    segs = unit_layout(2, stage=2, num_stages=3)
     assert [(s.unit, s.level, s.is_history) for s in segs] == [(0, 1, True), (1, 0, True), (2, 0, False)]
     with pytest.raises(PyramidflowError, match=r"valid stages are 0\.\.2"):
         history_levels(3, stage=3, num_stages=3)

@@ -1,4 +1,5 @@
-"""training_sample: exact path identities (float64) and its distributions by Monte Carlo (MATH.md 6)."""
+"""training_sample: exact path identities (float64) and its distributions by Monte Carlo
+(docs/maths.md section 6)."""
 
 import math
 
@@ -15,7 +16,7 @@ S = PyramidSchedule(3)
 
 
 def _deterministic_parts(x0, schedule, transform, stage, r, pyramid=None):
-    """Mean of x_t and of the target given x0 and r (MATH.md 6, written out independently)."""
+    """Mean of x_t and of the target given x0 and r (docs/maths.md section 6, written out independently)."""
     s_s, s_e = schedule.windows[stage]
     lv = schedule.levels(stage)
     clean = pyramid[stage] if pyramid else transform.down(x0, lv)
@@ -53,7 +54,8 @@ KINDS = {
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_path_endpoints_distribution(kind, stage, generator):
-    """Monte Carlo (MATH.md 6): start ~ N((1-s_s) up(x0^(i-1)), s_s^2 I), end ~ N((1-s_e) x0^(i),
+    """Monte Carlo (docs/maths.md section 6):
+    start ~ N((1-s_s) up(x0^(i-1)), s_s^2 I), end ~ N((1-s_e) x0^(i),
     s_e^2 I), with one shared white draw; reconstructed from (x_t, r, target)."""
     transform, shape = KINDS[kind]
     schedule = PyramidSchedule(3, gain=transform.gain)

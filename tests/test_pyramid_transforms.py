@@ -1,4 +1,5 @@
-"""HaarTransform: exact identities in float64, PyWavelets agreement, white-noise facts (MATH.md 2)."""
+"""HaarTransform: exact identities in float64, PyWavelets agreement, white-noise facts
+(docs/maths.md section 2)."""
 
 import math
 

@@ -7,11 +7,11 @@ import json
 
 import torch
 
-from pyramidflow.config import load_config
+from pyramidflow.config import load_config, to_dict
+from pyramidflow.demo import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, demo_prompts
 from pyramidflow.eval import score_clips
 from pyramidflow.pipelines import PipelineConfig, PyramidFlowPipeline
-from pyramidflow.pipelines.demo import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, demo_prompts
-from pyramidflow.training.experiment import TrainConfig
+from pyramidflow.training.config import TrainConfig
 
 
 def test_shipped_model_matches_its_preset():
@@ -22,7 +22,7 @@ def test_shipped_model_matches_its_preset():
     assert 0 < weights <= 20 * 2**20  # safetensors only, at most 20 MiB
     assert not list(DEFAULT_CHECKPOINT.rglob("*.bin")) and not list(DEFAULT_CHECKPOINT.rglob("*.pt"))
     pipe = PyramidFlowPipeline.from_pretrained(DEFAULT_CHECKPOINT)
-    assert pipe.config == PipelineConfig.from_train(cfg)
+    assert pipe.config == PipelineConfig.from_train_dict(to_dict(cfg))
     model = pipe.transformer.config
     assert list(model.patch_size) == list(cfg.model.patch_size) and model.num_layers == cfg.model.num_layers
     assert model.num_attention_heads * model.attention_head_dim == 128

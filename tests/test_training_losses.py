@@ -4,7 +4,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule, training_sample
-from pyramidflow.training.losses import pyramid_flow_loss
+from pyramidflow.training.flow_loss import pyramid_flow_loss
 
 
 def _tiny_wan():

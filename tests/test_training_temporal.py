@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-from tiny_components import TinyVideos
+from tiny_components import TinyVideos, flow_trainer
 
 from pyramidflow.models import PyramidDiT
-from pyramidflow.pyramid import HaarTransform, PyramidSchedule, training_sample
+from pyramidflow.pyramid import HaarTransform, PyramidSchedule, TemporalConfig, training_sample
 from pyramidflow.pyramid.temporal import compress_history, history_levels
-from pyramidflow.training.losses import pyramid_flow_loss
-from pyramidflow.training.temporal_loss import TemporalConfig, draw_example, packed_flow_loss
-from pyramidflow.training.trainer import LoopConfig, Trainer, TrainerConfig
+from pyramidflow.training.config import LoopConfig
+from pyramidflow.training.flow_loss import pyramid_flow_loss
+from pyramidflow.training.packed_loss import draw_example, packed_flow_loss
 
 K = 3
 
@@ -144,14 +144,13 @@ def test_trainer_mixes_images_and_videos(tmp_path, mode):
     from tiny_components import HashTextEncoder
 
     text = HashTextEncoder()
-    config = TrainerConfig(temporal=TemporalConfig(mode),
-                           loop=LoopConfig(batch_size=6, max_steps=3, checkpoint_every=0, progress=False))
-    trainer = Trainer(tiny_dit(), text, MixedLengths(n=6, frames=2), config, tmp_path,
-                      extra_trainable={"text_encoder": text})
-    before = [p.detach().clone() for p in trainer.wrapped["transformer"].parameters()]
+    loop = LoopConfig(batch_size=6, max_steps=3, checkpoint_every=0, progress=False)
+    trainer = flow_trainer(tiny_dit(), text, MixedLengths(n=6, frames=2), tmp_path, loop,
+                           temporal=TemporalConfig(mode))
+    before = [p.detach().clone() for p in trainer.modules["transformer"].parameters()]
     stats = trainer.train()
     assert torch.isfinite(torch.tensor(stats["loss"]))
-    after = list(trainer.wrapped["transformer"].parameters())
+    after = list(trainer.modules["transformer"].parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_components import HashTextEncoder, TinyVideos, tiny_wan
+from tiny_components import HashTextEncoder, TinyVideos, flow_trainer, tiny_wan
 
-from pyramidflow.training.trainer import (
-    LoopConfig,
-    OptimConfig,
-    Trainer,
-    TrainerConfig,
-    TrainingDiverged,
-    lr_lambda,
-)
+from pyramidflow.training.config import LoopConfig, OptimConfig, lr_lambda
+from pyramidflow.training.trainer import TrainingDiverged
 
 HERE = Path(__file__).parent
 
@@ -27,14 +21,13 @@ def _trainer(out, steps, **loop):
     loop = {"batch_size": 8, "max_steps": steps, "ema_decay": 0.9, "checkpoint_every": 2, "progress": False,
             **loop}
     optim = OptimConfig(lr=1e-3, warmup_steps=2, schedule="cosine")
-    config = TrainerConfig(optim=optim, loop=LoopConfig(**loop))
-    return Trainer(tiny_wan(), text, TinyVideos(), config, out, extra_trainable={"text_encoder": text})
+    return flow_trainer(tiny_wan(), text, TinyVideos(), out, LoopConfig(**loop), optim)
 
 
 def _state(trainer):
-    out = {f"m.{k}": v.clone() for k, v in trainer.wrapped["transformer"].state_dict().items()}
-    out.update({f"t.{k}": v.clone() for k, v in trainer.wrapped["text_encoder"].state_dict().items()})
-    out.update({f"e.{k}": v.clone() for k, v in trainer.ema["transformer"].state_dict().items()})
+    out = {f"m.{k}": v.clone() for k, v in trainer.modules["transformer"].state_dict().items()}
+    out.update({f"t.{k}": v.clone() for k, v in trainer.modules["text_encoder"].state_dict().items()})
+    out.update({f"e.{k}": v.clone() for k, v in trainer.ema.shadow["transformer"].items()})
     return out
 
 
@@ -66,12 +59,12 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path):
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path):
     text = HashTextEncoder()
-    config = TrainerConfig(loop=LoopConfig(batch_size=4, max_steps=10, checkpoint_every=1, progress=False))
+    loop = LoopConfig(batch_size=4, max_steps=10, checkpoint_every=1, progress=False)
     data = TinyVideos(n=4)
-    trainer = Trainer(tiny_wan(), text, data, config, tmp_path, extra_trainable={"text_encoder": text})
+    trainer = flow_trainer(tiny_wan(), text, data, tmp_path, loop)
     trainer.train(max_steps=2)
     data.nan_at = 2  # every batch holds all four examples, so step 3 sees the NaN
-    with pytest.raises(TrainingDiverged, match=r"non-finite .* at step 3; .*checkpoint-2"):
+    with pytest.raises(TrainingDiverged, match=r"main loss became non-finite .* at step 3; .*checkpoint-2"):
         trainer.train()
     assert (tmp_path / "checkpoint-2" / "meta.json").is_file() and not (tmp_path / "checkpoint-3").exists()
 
@@ -111,7 +104,7 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_ema_decay_warms_up():
-    from pyramidflow.training.trainer import ema_decay_at
+    from pyramidflow.training.ema import ema_decay_at
 
     assert ema_decay_at(0.999, 0) == 0.1 and ema_decay_at(0.999, 90) == 0.91
     assert ema_decay_at(0.999, 10**6) == 0.999
@@ -120,3 +113,39 @@ def test_ema_decay_warms_up():
     for n in range(600):
         share *= ema_decay_at(0.999, n)
     assert share < 0.01 < 0.999**600
+
+
+def _partly_frozen():
+    """tiny_wan with everything outside the blocks frozen (as under LoRA)."""
+    model = tiny_wan()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("blocks."))
+    return model
+
+
+def test_ema_averages_only_trainable_parameters_and_round_trips(tmp_path):
+    """The EMA holds the trainable tensors only; the checkpoint's EMA copy is the live model with
+    the averages in; resuming restores the averages; sampling swaps them in and back out."""
+    model = _partly_frozen()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loop = LoopConfig(batch_size=4, max_steps=2, ema_decay=0.5, checkpoint_every=2, progress=False)
+    trainer = flow_trainer(model, HashTextEncoder(), TinyVideos(n=4), tmp_path, loop)
+    shadow = trainer.ema.shadow["transformer"]
+    assert set(shadow) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("patch_embedding") for n in shadow)
+    trainer.train()
+    key = "blocks.0.ffn.net.2.weight"
+    live = dict(model.named_parameters())
+    assert not torch.equal(shadow[key], live[key]) and not torch.equal(shadow[key], start[key])
+    saved = type(model).from_pretrained(tmp_path / "checkpoint-2" / "ema_transformer")
+    for name, p in saved.named_parameters():  # averages where trained, the (unchanged) weights elsewhere
+        torch.testing.assert_close(p.detach(), shadow.get(name, start[name]), rtol=0, atol=0)
+    again = flow_trainer(_partly_frozen(), HashTextEncoder(), TinyVideos(n=4), tmp_path, loop)
+    assert again.resume("latest") == 2
+    for name, avg in shadow.items():
+        torch.testing.assert_close(again.ema.shadow["transformer"][name], avg, rtol=0, atol=0)
+    weights = dict(again.modules["transformer"].named_parameters())
+    before = weights[key].detach().clone()
+    with again.sampling_modules():
+        torch.testing.assert_close(weights[key].detach(), shadow[key], rtol=0, atol=0)
+    torch.testing.assert_close(weights[key].detach(), before, rtol=0, atol=0)

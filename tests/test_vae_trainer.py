@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.io.checkpoint import list_checkpoints
 from pyramidflow.models.vae import load_vae
-from pyramidflow.training import vae_trainer
-from pyramidflow.training.checkpoint import list_checkpoints
-from pyramidflow.training.vae_config import VAEModelConfig, VAETrainConfig
-from pyramidflow.training.vae_losses import kl_divergence, psnr, ssim
+from pyramidflow.training.methods import vae as vae_trainer
+from pyramidflow.training.trainer import TrainingDiverged
+from pyramidflow.training.vae.config import VAEModelConfig, VAETrainConfig
+from pyramidflow.training.vae.losses import kl_divergence, psnr, ssim
 
 
 class Squares(torch.utils.data.Dataset):
@@ -94,7 +95,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     vae_trainer.train_vae(cfg, train, None, show_progress=False)
     real_kl = vae_trainer.kl_divergence
     monkeypatch.setattr(vae_trainer, "kl_divergence", lambda m, lv: real_kl(m, lv) * float("nan"))
-    with pytest.raises(vae_trainer.NonFiniteLossError, match="last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         vae_trainer.train_vae(
             tiny_cfg(tmp_path, max_steps=4), train, None, resume="latest", show_progress=False
         )
@@ -129,7 +130,7 @@ def test_discriminator_and_perceptual_paths(tmp_path):
 
 def test_train_vae_command(tmp_path, monkeypatch, capsys):
     from pyramidflow import cli
-    from pyramidflow.training import vae_data
+    from pyramidflow.training.vae import data as vae_data
 
     monkeypatch.setattr(
         vae_data, "build_vae_datasets", lambda cfg: (Squares(4, cfg.frames), Squares(2, cfg.frames, 16, 50))
@@ -161,8 +162,8 @@ def test_train_vae_command(tmp_path, monkeypatch, capsys):
 
 def test_video_folder_datasets_stride_val_folder_and_memory_cache(tmp_path):
     from pyramidflow.io import write_video
-    from pyramidflow.training.vae_config import VAEDataConfig
-    from pyramidflow.training.vae_data import InMemoryClips, build_vae_datasets
+    from pyramidflow.training.vae.config import VAEDataConfig
+    from pyramidflow.training.vae.data import InMemoryClips, build_vae_datasets
 
     train_dir, val_dir = tmp_path / "train", tmp_path / "val"
     train_dir.mkdir()

@@ -55,3 +55,13 @@ def tiny_wan(seed: int = 0) -> WanTransformer3DModel:
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=3, out_channels=3,
         text_dim=8, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
     )
+
+
+def flow_trainer(model, text, data, out, loop, optim=None, temporal=None, accelerator=None):
+    """A :class:`Trainer` running flow matching on ``model`` with a trained hashing text encoder."""
+    from pyramidflow.training.methods.flow import FlowMatching
+    from pyramidflow.training.trainer import Trainer
+
+    method = FlowMatching(model, text, optim=optim, temporal=temporal, train_text_encoder=True,
+                          text_dropout=loop.text_dropout)
+    return Trainer(method, data, loop, out, accelerator=accelerator)

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pyramidflow.models.vae import load_vae
-    from pyramidflow.training.vae_cache import build_latent_cache
-    from pyramidflow.training.vae_data import manifest_clips, text_encode_fn
+    from pyramidflow.training.vae.cache import build_latent_cache
+    from pyramidflow.training.vae.data import manifest_clips, text_encode_fn
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     vae = load_vae(args.vae).to(device)

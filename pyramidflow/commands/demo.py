@@ -35,9 +35,9 @@ def register(subparsers) -> None:
 
 def _train(out: Path, steps: int, quiet: bool, config: str | None, extra: list[str]) -> tuple[Path, float]:
     from pyramidflow.config import load_config
-    from pyramidflow.pipelines.demo import DEFAULT_CONFIG
-    from pyramidflow.pipelines.training_run import train_from_config
-    from pyramidflow.training.experiment import TrainConfig
+    from pyramidflow.demo import DEFAULT_CONFIG
+    from pyramidflow.training.config import TrainConfig
+    from pyramidflow.training.run import train_from_config
 
     preset = Path(config) if config else DEFAULT_CONFIG
     if not preset.is_file():
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from pyramidflow.demo import DEFAULT_CHECKPOINT, run_demo
     from pyramidflow.pipelines import PyramidFlowPipeline
-    from pyramidflow.pipelines.demo import DEFAULT_CHECKPOINT, run_demo
 
     out = Path(args.out)
     train_seconds = None

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         "flops",
         help="count tokens and TFLOPs per stage (Wan transformer family)",
         description="Tokens and TFLOPs per stage and in total, counting 2 FLOPs per multiply-add in "
-        "every linear layer and the attention products, one forward pass per step (MATH.md section 8).",
+        "every linear layer and the attention products, one forward pass per step (docs/maths.md section 8).",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a known model size")

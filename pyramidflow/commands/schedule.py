@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "schedule",
         help="print the stage windows and sigma grids of a pyramid schedule",
         description="Print each stage's window and sigma grid in natural and global units "
-        "(MATH.md sections 3-4); optionally plot both against the step.",
+        "(docs/maths.md sections 3-4); optionally plot both against the step.",
     )
     p.add_argument("--stages", type=int, default=3, help="number of stages K (default 3)")
     p.add_argument("--steps", default=None, help="steps per stage, e.g. 20,20,20 (default 20 each)")

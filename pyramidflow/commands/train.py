@@ -24,8 +24,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pyramidflow.config import load_config
-    from pyramidflow.pipelines.training_run import train_from_config
-    from pyramidflow.training.experiment import TrainConfig
+    from pyramidflow.training.config import TrainConfig
+    from pyramidflow.training.run import train_from_config
     from pyramidflow.training.trainer import TrainingDiverged
 
     overrides = run_overrides(args, "loop.max_steps")

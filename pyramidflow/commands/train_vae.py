@@ -21,15 +21,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pyramidflow.config import load_config
-    from pyramidflow.training.vae_config import VAETrainConfig
-    from pyramidflow.training.vae_data import build_vae_datasets
-    from pyramidflow.training.vae_trainer import NonFiniteLossError, train_vae
+    from pyramidflow.training.methods.vae import train_vae
+    from pyramidflow.training.trainer import TrainingDiverged
+    from pyramidflow.training.vae.config import VAETrainConfig
+    from pyramidflow.training.vae.data import build_vae_datasets
 
     cfg = load_config(VAETrainConfig, args.config, run_overrides(args, "max_steps"))
     train_set, val_set = build_vae_datasets(cfg.data)
     try:
         result = train_vae(cfg, train_set, val_set, resume=args.resume, show_progress=not args.quiet)
-    except NonFiniteLossError as err:
+    except TrainingDiverged as err:
         print(f"pyramidflow train-vae: {err}", file=sys.stderr)
         return 1
     report(result)

@@ -12,6 +12,8 @@ Geometry (pixels, x right, y down): the shape's bounding box has side ``2 r`` wi
 ``SPEEDS[speed]`` of the free range ``min(H, W) - 2 r`` in ``travel_frames`` frames (default: the
 clip, ``T - 1``), i.e. ``speed_px = SPEEDS[speed] * (min(H, W) - 2 r) / travel_frames`` pixels per
 frame. Fewer travel frames than the clip need ``bounce=True``.
+
+Maths: docs/maths.md section 19.
 """
 
 from __future__ import annotations

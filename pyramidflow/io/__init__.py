@@ -1,8 +1,10 @@
-"""Video I/O: write mp4 (H.264) / GIF / images, read any video back, draw contact sheets.
+"""Files: write mp4 (H.264) / GIF / images, read any video back, contact sheets, folders of clips,
+and the training checkpoint format (:mod:`pyramidflow.io.checkpoint`).
 
 Imports no model code.
 """
 
+from pyramidflow.io.clips import write_clips
 from pyramidflow.io.read import (
     MEDIA_SUFFIXES,
     VideoInfo,
@@ -25,5 +27,6 @@ __all__ = [
     "read_frames",
     "read_video",
     "to_uint8_frames",
+    "write_clips",
     "write_video",
 ]

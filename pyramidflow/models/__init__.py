@@ -3,7 +3,7 @@
 from pyramidflow.models.segments import HistoryCache, TokenSegment
 from pyramidflow.models.text_encoders import EmbeddedTextEncoder, PretrainedTextEncoder, load_text_encoder
 from pyramidflow.models.transformer import PyramidDiT, PyramidDiTBlock
-from pyramidflow.models.unit_velocity import UnitVelocity
+from pyramidflow.models.velocity import UnitVelocity, call_model, timestep_of
 
 __all__ = [
     "EmbeddedTextEncoder",
@@ -13,5 +13,7 @@ __all__ = [
     "PyramidDiTBlock",
     "TokenSegment",
     "UnitVelocity",
+    "call_model",
     "load_text_encoder",
+    "timestep_of",
 ]

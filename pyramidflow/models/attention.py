@@ -1,6 +1,6 @@
 """Attention for the pyramid transformer: Wan's projections, block-causal and packed layouts.
 
-Who may attend to whom is described by token ids (MATH.md section 7): a query of sample s and
+Who may attend to whom is described by token ids (docs/maths.md section 7): a query of sample s and
 unit u sees a key of the same sample whose unit is <= u (block-causal over units, bidirectional
 inside a unit). An :class:`AttentionLayout` turns the ids into the cheapest exact plan, once per
 forward pass, shared by every layer:

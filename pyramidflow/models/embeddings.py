@@ -1,6 +1,6 @@
 """Time, text and feed-forward layers with the parameter names of diffusers' Wan transformer.
 
-Time conditioning (Wan): a sinusoidal embedding of timestep = 1000 * sigma (MATH.md section 1),
+Time conditioning (Wan): a sinusoidal embedding of timestep = 1000 * sigma (docs/maths.md section 1),
 an MLP to the width, and a projection to the six modulation vectors of every block. Timesteps
 may be per token, so tokens of different segments (history, current stage) carry their own.
 """

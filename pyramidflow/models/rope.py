@@ -1,4 +1,4 @@
-"""Rotary position embedding on arbitrary (t, h, w) coordinates (MATH.md section 7).
+"""Rotary position embedding on arbitrary (t, h, w) coordinates (docs/maths.md section 7).
 
 Wan splits each attention head's channels into three groups, one per axis: h and w get
 ``2 * (head_dim // 6)`` channels each and t gets the rest. Channel pair j of a group rotates by

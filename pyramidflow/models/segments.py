@@ -1,7 +1,7 @@
 """Inputs of the token-level API: segments of a sequence, their modulation, the history cache.
 
 A sequence is a list of :class:`TokenSegment`: the current stage's latent and the compressed
-history units (MATH.md section 7), each with its own timestep, its unit index (attention is
+history units (docs/maths.md section 7), each with its own timestep, its unit index (attention is
 block-causal over units) and its place on a common reference grid (fractional rotary positions).
 """
 
@@ -23,7 +23,7 @@ class TokenSegment:
     """One piece of a token sequence.
 
     latent: (B, C, F, H, W) at the segment's own resolution.
-    timestep: a number, (B,), or (B, tokens) per token; 1000 * sigma (MATH.md section 1).
+    timestep: a number, (B,), or (B, tokens) per token; 1000 * sigma (docs/maths.md section 1).
     offset, scale: the (t, h, w) coordinate of token (i, j, k) on the reference grid is
     ``offset + scale * (i, j, k)`` (in tokens of the reference grid, fractional allowed).
     unit: index of the unit in the video; a token never attends to a later unit.
@@ -112,7 +112,7 @@ def _runs(repeats: Sequence[int]) -> list[tuple[int, int, int, int]]:
 
 @dataclass
 class HistoryCache:
-    """Per-layer self-attention keys and values of history tokens (MATH.md section 7).
+    """Per-layer self-attention keys and values of history tokens (docs/maths.md section 7).
 
     History tokens carry their own fixed timestep and, by block causality, never see the current
     unit, so their keys and values do not change while the current unit is denoised: they are

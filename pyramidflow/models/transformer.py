@@ -1,4 +1,4 @@
-"""PyramidDiT: Wan's video transformer, extended for pyramids (MATH.md sections 3 and 7).
+"""PyramidDiT: Wan's video transformer, extended for pyramids (docs/maths.md sections 3 and 7).
 
 Weight- and call-compatible with diffusers' ``WanTransformer3DModel`` (same parameter names and
 config keys; ``forward(hidden_states, timestep, encoder_hidden_states)`` gives the same output,
@@ -286,7 +286,7 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
     @torch.no_grad()
     def build_history_cache(self, segments: Sequence[TokenSegment], encoder_hidden_states: Tensor
                             ) -> HistoryCache:
-        """Keys/values of the history ``segments`` in every layer (MATH.md section 7), computed once.
+        """Keys/values of the history ``segments`` in every layer (docs/maths.md section 7), computed once.
 
         Use it for every denoising step of the unit that follows; rebuild it when the history
         changes (a new stage or a new unit).

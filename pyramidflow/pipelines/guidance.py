@@ -1,4 +1,5 @@
-"""Classifier-free guidance around a Wan-call-compatible transformer, as a velocity function.
+"""Classifier-free guidance around a Wan-call-compatible transformer, as a velocity function
+(docs/maths.md section 10).
 
 v = v_uncond + w (v_cond - v_uncond), evaluated in one batched call. The scale may differ for the
 first frame (an image-like frame, Pyramid Flow's ``guidance_scale``) and later frames
@@ -12,10 +13,10 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.velocity import call_model
 from pyramidflow.pyramid import HaarTransform
 from pyramidflow.pyramid.sampler import VelocityFn
 from pyramidflow.pyramid.temporal import HistoryUnit
-from pyramidflow.training.losses import call_model
 
 
 def frame_scales(num_frames: int, first: float, rest: float, transform: HaarTransform, device=None) -> Tensor:
@@ -34,7 +35,6 @@ def guided_velocity(
     guidance: float = 1.0,
     first_frame_guidance: float | None = None,
     transform: HaarTransform | None = None,
-    timestep_scale: float = 1000.0,
 ) -> VelocityFn:
     """A ``velocity_fn(x, sigma, stage)`` for :func:`pyramidflow.pyramid.sample`.
 
@@ -56,8 +56,8 @@ def guided_velocity(
 
     def velocity(x: Tensor, sigma: Tensor, stage: int) -> Tensor:
         if not needs_uncond:
-            return call_model(model, x, sigma, text, timestep_scale).to(x.dtype)
-        out = call_model(model, torch.cat([x, x], 0), torch.cat([sigma, sigma], 0), both, timestep_scale)
+            return call_model(model, x, sigma, text).to(x.dtype)
+        out = call_model(model, torch.cat([x, x], 0), torch.cat([sigma, sigma], 0), both)
         v_u, v_c = out.to(x.dtype).chunk(2, 0)
         w = frame_scales(x.shape[2], first, guidance, transform, x.device).to(x.dtype)
         return v_u + w * (v_c - v_u)

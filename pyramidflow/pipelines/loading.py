@@ -7,9 +7,11 @@ A saved pipeline (diffusers-style layout)::
     text_encoder/        the text encoder (embedded: weights + vocab.json)
     vae/                 latent-space models only
 
-A training checkpoint (``OUT/checkpoint-STEP``, see :mod:`pyramidflow.training.checkpoint`) carries
-its :class:`TrainConfig` in ``meta.json``; its EMA weights are used by default. A training output
-folder resolves to its newest checkpoint.
+A training checkpoint (``OUT/checkpoint-STEP``, see :mod:`pyramidflow.io.checkpoint`) carries its
+whole training config as a plain dict in ``meta.json``; the pipeline's part of it is read by
+:meth:`PipelineConfig.from_train_dict` (and the text encoder / VAE locations from the same dict), so
+loading needs nothing from training. Its EMA weights are used by default. A training output folder
+resolves to its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import torch
 from pyramidflow import __version__
 from pyramidflow.config import from_dict, to_dict
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.io.checkpoint import resolve_checkpoint
 from pyramidflow.models import PyramidDiT, load_text_encoder
-from pyramidflow.training.checkpoint import resolve_checkpoint
-from pyramidflow.training.experiment import config_of_checkpoint
+from pyramidflow.models.vae import PixelSpace, load_vae
+from pyramidflow.pipelines.config import PipelineConfig
 
 INDEX = "model_index.json"
 COMPONENTS = ("transformer", "text_encoder", "vae")
@@ -36,15 +39,7 @@ def _weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-def _load_vae(path):
-    from pyramidflow.models.vae import load_vae
-
-    return load_vae(path)
-
-
 def _from_index(path: Path):
-    from pyramidflow.pipelines.pyramid_flow import PipelineConfig
-
     index = json.loads((path / INDEX).read_text())
     if index.get("_class_name") != "PyramidFlowPipeline":
         raise PyramidflowError(f"{path / INDEX} describes {index.get('_class_name')!r}, "
@@ -56,15 +51,23 @@ def _from_index(path: Path):
                                     "safetensors weights")
     transformer = PyramidDiT.from_pretrained(path / "transformer", torch_dtype=torch.float32)
     text_encoder = load_text_encoder(path / "text_encoder")
-    vae = _load_vae(path / "vae") if config.space == "latent" else None
+    vae = load_vae(path / "vae") if config.space == "latent" else None
     return transformer, text_encoder.float(), vae, config
 
 
-def _from_checkpoint(ckpt: Path, use_ema: bool):
-    from pyramidflow.pipelines.pyramid_flow import PipelineConfig
-
+def _train_config(ckpt: Path) -> dict:
     meta = json.loads((ckpt / "meta.json").read_text())
-    cfg = config_of_checkpoint(meta.get("extra", {}))
+    train = meta.get("extra", {}).get("config")
+    if not isinstance(train, dict):
+        raise PyramidflowError(f"{ckpt}: this checkpoint holds no training config (it was not written by "
+                               "pyramidflow train)")
+    return train
+
+
+def _from_checkpoint(ckpt: Path, use_ema: bool):
+    train = _train_config(ckpt)
+    config = PipelineConfig.from_train_dict(train)
+    text_cfg = train.get("text_encoder", {})
 
     def pick(name: str) -> Path | None:
         for folder in ((f"ema_{name}", name) if use_ema else (name,)):
@@ -78,16 +81,16 @@ def _from_checkpoint(ckpt: Path, use_ema: bool):
                                 "(transformer/ or ema_transformer/ with config.json and safetensors)")
     transformer = PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32)
     text_folder = pick("text_encoder")
-    if text_folder is None and not cfg.text_encoder.path:
+    if text_folder is None and not text_cfg.get("path"):
         raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no text_encoder/ weights and the config "
                                 "names no text_encoder.path")
     if text_folder is not None:
         text_encoder = load_text_encoder(text_folder)
     else:
-        text_encoder = load_text_encoder(cfg.text_encoder.path, max_length=cfg.text_encoder.max_length,
-                                         cache_dir=cfg.text_encoder.cache_dir)
-    vae = _load_vae(cfg.vae) if cfg.space == "latent" else None
-    return transformer, text_encoder, vae, PipelineConfig.from_train(cfg)
+        text_encoder = load_text_encoder(text_cfg["path"], max_length=text_cfg.get("max_length"),
+                                         cache_dir=text_cfg.get("cache_dir"))
+    vae = load_vae(train["vae"]) if config.space == "latent" else None
+    return transformer, text_encoder, vae, config
 
 
 def load_pipeline_parts(path: Path, use_ema: bool = True):
@@ -134,7 +137,8 @@ def save_pipeline(pipe, path: Path, weights_dtype: torch.dtype | None = None) ->
     index: dict = {"_class_name": "PyramidFlowPipeline", "_pyramidflow_version": __version__}
     for name in COMPONENTS:
         module = getattr(pipe, name)
-        index[name] = None if module is None else _save_component(module, path / name, weights_dtype)
+        skip = module is None or isinstance(module, PixelSpace)  # pixel space has nothing to save
+        index[name] = None if skip else _save_component(module, path / name, weights_dtype)
     index["config"] = to_dict(pipe.config)
     (path / INDEX).write_text(json.dumps(index, indent=2))
     return path

@@ -2,9 +2,10 @@
 
 A diffusers-style pipeline object: ``from_pretrained(dir)`` / ``save_pretrained(dir)`` /
 ``pipe(prompt, ...) -> PyramidFlowOutput(frames=...)``. Components: a :class:`PyramidDiT`, a text
-encoder (``encode(prompts) -> (embeddings, mask)``) and, for latent-space models, a VAE.
+encoder (``encode(prompts) -> (embeddings, mask)``) and an autoencoder: a VAE for latent-space
+models, :class:`PixelSpace` (the identity) for pixel-space ones.
 
-Generation follows the model's temporal mode (MATH.md section 7):
+Generation follows the model's temporal mode (docs/maths.md section 7):
 
 * ``autoregressive``: unit by unit (:func:`generate_units`), each unit by Algorithm 1 with the
   compressed clean history and the history cache; the first unit is generated like an image with
@@ -19,7 +20,7 @@ Generation follows the model's temporal mode (MATH.md section 7):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,32 +28,14 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.models import UnitVelocity
+from pyramidflow.models.vae import PixelSpace, frames_to_model, model_to_frames
+from pyramidflow.models.velocity import UnitVelocity
 from pyramidflow.pipelines.autoregressive import generate_units
+from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
+from pyramidflow.pipelines.images import load_image
+from pyramidflow.pipelines.loading import load_pipeline_parts, save_pipeline
 from pyramidflow.pyramid import sample
-from pyramidflow.training.experiment import SamplingConfig, TrainConfig
-from pyramidflow.training.temporal_loss import TemporalConfig
-from pyramidflow.training.trainer_config import PyramidConfig
-
-
-@dataclass
-class PipelineConfig:
-    """What a pipeline needs besides its weights (saved in ``model_index.json``)."""
-
-    space: str = "pixel"
-    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
-    temporal: TemporalConfig = field(default_factory=TemporalConfig)
-    frames: int = 4  # default video frames
-    height: int = 32
-    width: int = 32
-    fps: float = 8.0
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    @classmethod
-    def from_train(cls, cfg: TrainConfig) -> PipelineConfig:
-        d = cfg.data
-        return cls(cfg.space, cfg.pyramid, cfg.temporal, d.frames, d.height, d.width, d.fps, cfg.sampling)
 
 
 @dataclass
@@ -65,11 +48,12 @@ class PyramidFlowPipeline:
     """Pyramidal flow generation; see the module docstring."""
 
     def __init__(self, transformer, text_encoder, vae=None, config: PipelineConfig | None = None) -> None:
-        self.transformer, self.text_encoder, self.vae = transformer, text_encoder, vae
         self.config = config or PipelineConfig()
+        self.config.check()
         if self.config.space == "latent" and vae is None:
             raise PyramidflowError("a latent-space pipeline needs its vae")
-        self.config.temporal.check()
+        self.transformer, self.text_encoder = transformer, text_encoder
+        self.vae = vae if self.config.space == "latent" else PixelSpace()
         self.schedule, self.transform = self.config.pyramid.build()
 
     # ------------------------------------------------------------------ loading
@@ -77,8 +61,6 @@ class PyramidFlowPipeline:
     def from_pretrained(cls, path: str | Path, device=None, torch_dtype: torch.dtype | None = None,
                         use_ema: bool = True) -> PyramidFlowPipeline:
         """A saved pipeline, a training checkpoint (EMA weights by default) or a training output folder."""
-        from pyramidflow.pipelines.loading import load_pipeline_parts
-
         parts = load_pipeline_parts(Path(path), use_ema=use_ema)
         pipe = cls(*parts)
         return pipe.to(device or "cpu", torch_dtype)
@@ -88,8 +70,6 @@ class PyramidFlowPipeline:
 
         ``weights_dtype`` (e.g. ``torch.float16``) stores smaller weights; loading casts them back.
         """
-        from pyramidflow.pipelines.loading import save_pipeline
-
         return save_pipeline(self, Path(path), weights_dtype)
 
     def to(self, device, dtype: torch.dtype | None = None) -> PyramidFlowPipeline:
@@ -111,8 +91,7 @@ class PyramidFlowPipeline:
         """Frames in model space for ``num_frames`` video frames; a clear error if they do not fit."""
         if num_frames < 1:
             raise PyramidflowError(f"num_frames must be >= 1, got {num_frames}")
-        if self.vae is not None:
-            self.vae.check_frames(num_frames)
+        self.vae.check_frames(num_frames)
         frames = self._frames_or_none(num_frames)
         if frames is None:
             f = self.config.temporal.frames_per_unit
@@ -122,19 +101,17 @@ class PyramidFlowPipeline:
         return frames
 
     def _frames_or_none(self, num_frames: int) -> int | None:
-        frames = num_frames
-        if self.vae is not None:
-            tc = self.vae.temporal_compression
-            if (num_frames - 1) % tc:
-                return None
-            frames = 1 + (num_frames - 1) // tc
+        tc = self.vae.temporal_compression
+        if (num_frames - 1) % tc:
+            return None
+        frames = 1 + (num_frames - 1) // tc
         if self.config.temporal.autoregressive and frames % self.config.temporal.frames_per_unit:
             return None
         return frames
 
     def model_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """(B, C, T, h, w) in model space; a clear error for sizes the pyramid and patches cannot take."""
-        scale = 1 if self.vae is None else self.vae.spatial_compression
+        scale = self.vae.spatial_compression
         _, ph, pw = self.transformer.config.patch_size
         levels = 2 ** (self.schedule.num_stages - 1)
         for name, size, patch in (("height", height, ph), ("width", width, pw)):
@@ -143,8 +120,7 @@ class PyramidFlowPipeline:
                 raise PyramidflowError(f"{name} {size} does not fit this model ({self.schedule.num_stages} "
                                        f"stages, patch {patch}): it must be a multiple of {m} "
                                        f"(valid: {m}, {2 * m}, {3 * m}, ...)")
-        if self.vae is None:
-            return (batch, 3, self.model_frames(num_frames), height, width)
+        self.model_frames(num_frames)
         c, t, h, w = self.vae.latent_shape(num_frames, height, width)
         return (batch, c, t, h, w)
 
@@ -158,21 +134,17 @@ class PyramidFlowPipeline:
     def encode_image(self, image, height: int, width: int) -> Tensor:
         """A first frame (path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor in [0, 1]),
         resized on the shorter side and centre-cropped to (height, width) -> (1, C, F, h, w)."""
-        from pyramidflow.pipelines.images import load_image
-
         pixels = load_image(image, height, width).to(self.device)  # (3, H, W) in [0, 1]
-        video = pixels.mul(2).sub(1)[None, :, None]  # (1, 3, 1, H, W) in [-1, 1]
-        if self.vae is not None:
-            return self.vae.encode(video.to(self.vae.dtype)).to(self.dtype)
+        latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).to(self.dtype)
         f = self.config.temporal.frames_per_unit
-        if f != 1:
-            raise PyramidflowError(f"image-to-video needs units of one frame, this model has {f}")
-        return video.to(self.dtype)
+        if latents.shape[2] != f:
+            raise PyramidflowError(f"image-to-video needs units of one model frame (an image encodes to "
+                                   f"{latents.shape[2]}), this model has {f}")
+        return latents  # (1, C, 1, h, w)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Model-space (B, C, T, h, w) -> video (B, T, 3, H, W) in [0, 1]."""
-        video = latents if self.vae is None else self.vae.decode(latents.to(self.vae.dtype))
-        return video.float().clamp(-1, 1).add(1).div(2).permute(0, 2, 1, 3, 4)
+        return model_to_frames(self.vae.decode(latents.to(self.vae.dtype)))
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The jump between stages: inference renoising (MATH.md section 5).
+"""The jump between stages: inference renoising (docs/maths.md section 5).
 
 At the end of stage i the sample is x = (1 - sigma) a + sigma n at low resolution. One level up,
 
@@ -36,7 +36,7 @@ def _level(value, name: str) -> float:
 
 
 def forward_noise(x: Tensor, sigma_from: float, sigma_to: float, generator=None) -> Tensor:
-    """Raise the noise level of x = (1-s1) a + s1 n to s2 >= s1 (MATH.md section 5, last formula).
+    """Raise the noise level of x = (1-s1) a + s1 n to s2 >= s1 (docs/maths.md section 5, last formula).
 
     x -> ((1 - s2)/(1 - s1)) x + sqrt(s2^2 - ((1 - s2) s1/(1 - s1))^2) eps.
     """

@@ -1,8 +1,11 @@
-"""Algorithm 1: pyramidal sampling with any velocity function (MATH.md sections 3 and 5).
+"""Algorithm 1: pyramidal sampling with any velocity function (docs/maths.md sections 3 and 5).
 
-Noise at the coarsest level, Euler steps along each stage's sigma grid, the renoising jump
-between stages. The state is kept in the requested dtype (float32 by default); the network is
-given natural sigmas (timestep = 1000 * sigma is the caller's business).
+Noise at the coarsest level, a step rule along each stage's sigma grid (Euler by default; the
+x0-renoise rule for few-step models, :mod:`pyramidflow.pyramid.steps`), a transition between stages
+(the renoising jump by default). The state is kept in the requested dtype (float32 by default); the
+velocity function is given natural sigmas (the model's timestep is made in
+:mod:`pyramidflow.models.velocity`). Runs without autograd unless ``grad=True`` (a differentiable
+rollout, e.g. for distillation).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.pyramid.renoise import renoise
 from pyramidflow.pyramid.schedule import PyramidSchedule
+from pyramidflow.pyramid.steps import StepRule, Transition, euler_step, haar_jump
 from pyramidflow.pyramid.transforms import HaarTransform
 
 VelocityFn = Callable[[Tensor, Tensor, int], Tensor]
@@ -54,7 +57,6 @@ def stage_grids(
     return [schedule.sigmas(i, n) for i, n in enumerate(steps)]
 
 
-@torch.no_grad()
 def sample(
     velocity_fn: VelocityFn,
     schedule: PyramidSchedule,
@@ -67,6 +69,9 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     callback: StepCallback | None = None,
+    step_rule: StepRule = euler_step,
+    transition: Transition = haar_jump,
+    grad: bool = False,
 ) -> Tensor:
     """Generate a full-resolution (B, C, T, H, W) sample.
 
@@ -76,8 +81,18 @@ def sample(
         steps: Euler steps per stage, e.g. (20, 20, 20); ignored when ``sigmas`` is given.
         sigmas: optional per-stage grids replacing ``schedule.sigmas``; each must run exactly
             from the stage's start to its end.
-        callback: ``callback(stage, step, x, sigma_next)`` after every Euler step.
+        callback: ``callback(stage, step, x, sigma_next)`` after every step.
+        step_rule: ``rule(x, v, sigma, sigma_next, generator)`` (default :func:`euler_step`).
+        transition: ``t(x, schedule, transform, stage, generator)`` between stages (default the jump).
+        grad: keep autograd on (default off: no graph is built).
     """
+    with torch.set_grad_enabled(grad):
+        return _sample(velocity_fn, schedule, transform, shape, steps, generator, sigmas, device, dtype,
+                       callback, step_rule, transition)
+
+
+def _sample(velocity_fn, schedule, transform, shape, steps, generator, sigmas, device, dtype, callback,
+            step_rule, transition) -> Tensor:
     grids = stage_grids(schedule, steps, sigmas)
     shape = tuple(int(s) for s in shape)
     coarse = transform.shape_at(shape, schedule.num_stages - 1)
@@ -97,9 +112,9 @@ def sample(
                 raise PyramidflowError(
                     f"velocity_fn returned shape {tuple(v.shape)} at stage {stage}, expected {tuple(x.shape)}"
                 )
-            x = x + (s_next - s) * v.to(x.dtype)
+            x = step_rule(x, v, s, s_next, generator)
             if callback is not None:
                 callback(stage, step, x, s_next)
         if stage < schedule.num_stages - 1:
-            x = renoise(x, schedule, transform, stage, generator)
+            x = transition(x, schedule, transform, stage, generator)
     return x

@@ -1,4 +1,4 @@
-"""Stages, windows, per-stage sigma grids, natural <-> global levels (MATH.md sections 3-4).
+"""Stages, windows, per-stage sigma grids, natural <-> global levels (docs/maths.md sections 3-4).
 
 K stages, coarse to fine; stage i lives ``L_i = K - 1 - i`` levels below full resolution. Every
 sigma here is *natural* (what the network sees at that stage's resolution) unless a name says
@@ -17,12 +17,12 @@ from pyramidflow.errors import PyramidflowError
 
 
 def jump_sigma(sigma: float, gain: float) -> float:
-    """Natural level after one level up (MATH.md section 5): sigma' = c*sigma / (1 + (c-1)*sigma)."""
+    """Natural level after one level up (docs/maths.md section 5): sigma' = c*sigma / (1 + (c-1)*sigma)."""
     return gain * sigma / (1.0 + (gain - 1.0) * sigma)
 
 
 def jump_alpha(sigma: float, gain: float) -> float:
-    """Scale of up(x) in the jump (MATH.md section 5): alpha = 1 / (1 + (c-1)*sigma)."""
+    """Scale of up(x) in the jump (docs/maths.md section 5): alpha = 1 / (1 + (c-1)*sigma)."""
     return 1.0 / (1.0 + (gain - 1.0) * sigma)
 
 
@@ -139,7 +139,7 @@ class PyramidSchedule:
 
     # ------------------------------------------------- natural <-> global
     def to_global(self, sigma_natural, stage: int):
-        """sigma_g / (1 - sigma_g) = c^L * sigma_n / (1 - sigma_n) (MATH.md section 4)."""
+        """sigma_g / (1 - sigma_g) = c^L * sigma_n / (1 - sigma_n) (docs/maths.md section 4)."""
         k = self.gain ** self.levels(stage)
         return _scale_odds(sigma_natural, k)
 

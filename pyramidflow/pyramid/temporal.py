@@ -1,4 +1,4 @@
-"""The temporal pyramid of autoregressive generation (MATH.md section 7, Pyramid Flow section 3.3).
+"""The temporal pyramid of autoregressive generation (docs/maths.md section 7, Pyramid Flow section 3.3).
 
 Video is generated one unit (a few latent frames) at a time. While stage i of the current unit is
 denoised, the history is compressed: the most recent unit at stage i's level, the one before one
@@ -55,7 +55,7 @@ class Segment:
     is_history: bool
 
 
-def unit_segments(unit: int, stage: int, num_stages: int) -> list[Segment]:
+def unit_layout(unit: int, stage: int, num_stages: int) -> list[Segment]:
     """History units 0..unit-1 (compressed) then the current unit at stage ``stage``."""
     levels = history_levels(unit, stage, num_stages)
     segs = [Segment(u, lv, True) for u, lv in enumerate(levels)]
@@ -103,7 +103,7 @@ def tokens_per_level(latent_hw: Sequence[int], patch_hw: Sequence[int], frames_p
 def sequence_tokens(unit: int, stage: int, per_level: Sequence[int]) -> int:
     """Video tokens attended to while denoising ``unit`` at ``stage`` (history + current)."""
     k = len(per_level)
-    return sum(per_level[s.level] for s in unit_segments(unit, stage, k))
+    return sum(per_level[s.level] for s in unit_layout(unit, stage, k))
 
 
 def max_training_tokens(num_units: int, per_level: Sequence[int]) -> int:

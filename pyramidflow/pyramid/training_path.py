@@ -1,4 +1,4 @@
-"""The unified training path over stages (MATH.md section 6; Pyramid Flow Eq. 9-11 in sigma form).
+"""The unified training path over stages (docs/maths.md section 6; Pyramid Flow Eq. 9-11 in sigma form).
 
 For stage i with one noise draw n shared by both ends (coupled endpoints):
 

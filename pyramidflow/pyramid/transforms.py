@@ -1,11 +1,11 @@
-"""Resolution transforms between pyramid levels (MATH.md section 2).
+"""Resolution transforms between pyramid levels (docs/maths.md section 2).
 
 One level halves H and W (spatial, m = 4 children per parent) or T, H and W (spatiotemporal,
 m = 8). ``down`` is the block mean, ``up`` the nearest-neighbour copy, and ``detail_noise`` white
 noise projected onto the zero-block-mean (detail) subspace. The orthonormal Haar analysis is
 available as ``analysis``/``synthesis``; its low band is ``gain * down(x)`` with gain c = sqrt(m).
 
-Causal first frame (Wan's VAE, MATH.md section 2): the first latent frame has no temporal partner,
+Causal first frame (Wan's VAE, docs/maths.md section 2): the first latent frame has no temporal partner,
 so it is transformed spatially (c = 2) and the remaining frames spatiotemporally (c = 2*sqrt(2)):
 21 -> 11 -> 6 frames. The two token groups keep different gains; ``renoise`` reconciles them.
 """
@@ -202,7 +202,7 @@ class HaarTransform:
         """White noise at ``shape`` projected onto the detail subspace (zero block mean, one level).
 
         Its covariance is the projector I - up(down(.)), so adding it to an independent,
-        nearest-upsampled white field of the parent level gives white noise (MATH.md section 5).
+        nearest-upsampled white field of the parent level gives white noise (docs/maths.md section 5).
         """
         self.check_shape(shape, 1)
         if device is None and generator is not None:
@@ -236,7 +236,7 @@ class HaarTransform:
         return self._merge(parts)
 
     def lift(self, y: Tensor, scales: list[tuple[float, float]], generator=None) -> Tensor:
-        """Per group g: a_g up(y_g) + s_g P_detail(eps), fused in one pass (MATH.md section 5).
+        """Per group g: a_g up(y_g) + s_g P_detail(eps), fused in one pass (docs/maths.md section 5).
 
         ``scales`` holds (a_g, s_g) per token group. The noise is drawn directly in block layout
         (B, C, T', H', W', m) and its block mean removed, which is P_detail of white noise.

@@ -5,21 +5,22 @@ Replicated: every process holds the whole modules; they start from the main proc
 (:func:`broadcast_parameters`) and average their gradients in one flat all-reduce
 (:func:`average_gradients`), the update DistributedDataParallel would make.
 
-Sharded: with more than one process every trainable module and its EMA copy is sharded over the processes:
+Sharded: with more than one process every trainable module (and so its EMA, made from the shards) is
+sharded over the processes:
 each transformer block is one FSDP unit and the rest of the module another, so parameters,
 gradients and the AdamW moments are held in 1/world shards and a block's full weights exist only
 while it runs. FSDP's gradient reduce-scatter averages over processes, the same update as the
 replicated path's all-reduce (:meth:`Trainer._sync_gradients`).
 
 Checkpoints keep the ordinary, unsharded layout (diffusers folders and an index-keyed optimizer
-state, :mod:`pyramidflow.training.checkpoint`): :meth:`Sharding.gather` collects full tensors one
+state, :mod:`pyramidflow.io.checkpoint`): :meth:`Sharding.gather` collects full tensors one
 at a time into CPU copies of the modules on the main process, and :meth:`Sharding.scatter` sends a
 checkpoint loaded there back into the shards. A sharded run therefore resumes an unsharded
 checkpoint and the other way round, and validation samples from the gathered EMA copy.
 
 Every method here except the accessors is a collective: all processes call it, in the same order.
-Costs: the main process holds two full CPU copies (weights and EMA); every process briefly holds
-the full weights on its device before sharding (the modules are built whole).
+Costs: the main process holds full CPU copies of the weights and of the EMA roles; every process
+briefly holds the full weights on its device before sharding (the modules are built whole).
 """
 
 from __future__ import annotations
@@ -106,39 +107,42 @@ def _send(like: Tensor, full: Tensor | None) -> Tensor:
 
 
 class Sharding:
-    """The sharded trainable modules, their EMA copies and their CPU copies on the main process."""
+    """The sharded trainable modules and the main process's CPU copies of them and of their EMA."""
 
-    def __init__(self, modules: Mapping[str, nn.Module], ema: Mapping[str, nn.Module]) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module], ema_roles: Iterable[str] = ()) -> None:
         self.main = dist.get_rank() == 0
-        self.modules, self.ema = dict(modules), dict(ema)
+        self.modules = dict(modules)
         # CPU copies (main process only), made before sharding: what checkpoints and validation see
         self.copies = {k: copy.deepcopy(m).cpu() for k, m in self.modules.items()} if self.main else {}
-        self.ema_copies = {k: copy.deepcopy(m).cpu() for k, m in self.ema.items()} if self.main else {}
-        for m in [*self.modules.values(), *self.ema.values()]:
+        self.ema_copies = {k: copy.deepcopy(self.modules[k]).cpu() for k in ema_roles} if self.main else {}
+        for m in self.modules.values():
             shard_module(m)
 
     # ------------------------------------------------------------ weights
-    def _pairs(self) -> Iterator[tuple[Tensor, Tensor | None]]:
-        """(live tensor, its main-process CPU copy or None) for every weight and EMA weight, in the
-        same order on every process."""
-        for live, copies in ((self.modules, self.copies), (self.ema, self.ema_copies)):
-            for name, module in live.items():
-                copy_of = dict(_tensors(copies[name])) if self.main else {}
-                for key, t in _tensors(module):
-                    yield t, copy_of.get(key)
+    def _pairs(self, ema) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(live tensor, its main-process CPU copy or None) for every weight and EMA average, in the
+        same order on every process. ``ema``: a :class:`pyramidflow.training.ema.EMA` or None."""
+        for name, module in self.modules.items():
+            copy_of = dict(_tensors(self.copies[name])) if self.main else {}
+            for key, t in _tensors(module):
+                yield t, copy_of.get(key)
+        for name, averages in (ema.shadow.items() if ema is not None else ()):
+            copy_of = dict(self.ema_copies[name].named_parameters()) if self.main else {}
+            for key, t in averages.items():
+                yield t, copy_of[key].data if self.main else None
 
     @torch.no_grad()
-    def gather(self) -> None:
-        """Copy the sharded weights (and EMA) into the main process's CPU copies."""
-        for t, target in self._pairs():
+    def gather(self, ema=None) -> None:
+        """Copy the sharded weights (and EMA averages) into the main process's CPU copies."""
+        for t, target in self._pairs(ema):
             full = _full(t.detach())  # collective for a shard
             if target is not None:
                 target.copy_(full.cpu())
 
     @torch.no_grad()
-    def scatter(self) -> None:
+    def scatter(self, ema=None) -> None:
         """Load the main process's CPU copies (e.g. just read from a checkpoint) into the shards."""
-        for t, source in self._pairs():
+        for t, source in self._pairs(ema):
             t.copy_(_send(t, source))
 
     # ---------------------------------------------------------- optimizer

@@ -1,24 +1,26 @@
-"""The pyramidal flow-matching trainer (MATH.md section 6), on ``accelerate``.
+"""The training loop, on ``accelerate``, for any :class:`TrainingMethod` (methods/base.py).
 
-Components are injected, so one loop serves every model of the project:
-
-* ``model``: a transformer called like ``WanTransformer3DModel`` (a ``ModelMixin``).
-* ``encode_text(prompts) -> (B, L, D)``: the text embeddings. Modules passed in
-  ``extra_trainable`` (e.g. an embedded text encoder) are optimised, checkpointed and EMA'd too.
-* ``dataset[i] -> {"video": (T, 3, H, W) in [0, 1], "text": str}``.
-* ``to_model_space(video (B, T, 3, H, W)) -> x0 (B, C, T', H', W')``: pixels or VAE latents.
+One step: for each phase the method names, every micro-batch of this process (the global batch
+split over processes and accumulation) gives a loss; gradients are averaged over processes (or
+reduce-scattered when sharded), clipped, the phase's optimizer and LR schedule step; then the EMA of
+the trainable parameters is updated (docs/maths.md section 11).
 
 Determinism: the data order is a seeded permutation per epoch, and every example's random draws
-(stage, position, noise, text dropout) come from its own generator seeded by (seed, step, index in
-the global batch). A run is therefore independent of the number of processes and of gradient
-accumulation, and resuming from a checkpoint continues bit-exactly on the CPU.
+come from its own generator seeded by (seed, step, position in the global batch). A run is
+therefore independent of the number of processes and of gradient accumulation, and resuming from a
+checkpoint (models, EMA, optimizers, schedulers, RNG) continues bit-exactly on the CPU.
+
+Outputs in ``out_dir``: ``checkpoint-STEP/`` (atomic, the newest ``keep_last`` kept), TensorBoard
+logs in ``logs/``, one JSON line per log step and per validation in ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
-import copy
+import json
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from pyramidflow.io.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from pyramidflow.training.config import LoopConfig, lr_lambda
 from pyramidflow.training.distributed import (
     Sharding,
     Snapshot,
@@ -34,43 +37,12 @@ from pyramidflow.training.distributed import (
     broadcast_parameters,
     make_accelerator,
 )
-from pyramidflow.training.losses import pyramid_flow_loss
-from pyramidflow.training.temporal_loss import packed_flow_loss, split_batch
-from pyramidflow.training.trainer_config import (  # noqa: F401  (the trainer's public config names)
-    LoopConfig,
-    OptimConfig,
-    PyramidConfig,
-    TrainerConfig,
-    lr_lambda,
-)
+from pyramidflow.training.ema import EMA
+from pyramidflow.training.methods.base import MicroBatch, TrainingMethod
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the message names the step and the last good checkpoint."""
-
-
-@torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
-    ema_params = [p for p in ema.parameters()]
-    params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-        b_ema.copy_(b)
-
-
-def ema_decay_at(decay: float, step: int) -> float:
-    """EMA decay after ``step`` updates: min(decay, (1 + step) / (10 + step)).
-
-    Without the warm-up the initial random weights would keep a share decay^n of the average (55%
-    after 600 steps at 0.999); with it the average forgets them within the first few hundred steps.
-    """
-    return min(decay, (1.0 + step) / (10.0 + step))
-
-
-def pixels_to_model_space(video: Tensor) -> Tensor:
-    """(B, T, 3, H, W) in [0, 1] -> (B, 3, T, H, W) in [-1, 1]."""
-    return video.permute(0, 2, 1, 3, 4).mul(2.0).sub(1.0)
+    """A loss became non-finite; the message names the step and the last good checkpoint."""
 
 
 def example_generator(seed: int, step: int, index: int, device="cpu") -> torch.Generator:
@@ -79,227 +51,175 @@ def example_generator(seed: int, step: int, index: int, device="cpu") -> torch.G
 
 
 class Trainer:
-    """Pyramidal flow-matching training loop with checkpoints, EMA, logging and resume.
+    """Training loop with checkpoints, EMA, logging and resume; see the module docstring.
 
-    Use ``Trainer(...).train()``; ``train(resume="latest")`` continues the newest checkpoint in
-    ``out_dir``. A ``validate(trainer, step)`` hook, if given, runs every ``validate_every`` steps
-    and at the end on the main process.
+    ``Trainer(method, dataset, loop, out_dir).train()``; ``train(resume="latest")`` continues the
+    newest checkpoint in ``out_dir``.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        encode_text: Callable[[list[str]], Tensor],
-        dataset,
-        config: TrainerConfig,
-        out_dir: str | Path,
-        *,
-        to_model_space: Callable[[Tensor], Tensor] = pixels_to_model_space,
-        extra_trainable: Mapping[str, torch.nn.Module] | None = None,
-        validate: Callable[[Trainer, int], Any] | None = None,
-        accelerator=None,
-    ):
-        self.config = config
-        self.out_dir = Path(out_dir)
-        loop = config.loop
+    def __init__(self, method: TrainingMethod, dataset, loop: LoopConfig, out_dir: str | Path, *,
+                 accelerator=None) -> None:
         if loop.batch_size < 1 or loop.grad_accum < 1 or loop.max_steps < 0:
             raise PyramidflowError("batch_size and grad_accum must be >= 1 and max_steps >= 0")
-        self.accelerator = accelerator = accelerator or make_accelerator(loop.mixed_precision)
-        world = self.accelerator.num_processes
-        if loop.batch_size % (world * loop.grad_accum):
-            raise PyramidflowError(
-                f"batch_size {loop.batch_size} must be divisible by processes x grad_accum "
-                f"= {world} x {loop.grad_accum}"
-            )
-        self.micro_batch = loop.batch_size // (world * loop.grad_accum)
-        self.schedule, self.transform = config.pyramid.build()
-        config.temporal.check()
-        self.encode_text = encode_text
-        self.dataset = dataset
-        if len(dataset) == 0:
-            raise PyramidflowError("the training dataset is empty")
-        self.to_model_space = to_model_space
-        self.validate_hook = validate
-        self.modules: dict[str, torch.nn.Module] = {"transformer": model, **dict(extra_trainable or {})}
-        self.ema: dict[str, torch.nn.Module] = {}
-        if loop.ema_decay > 0:
-            self.ema = {k: copy.deepcopy(m).requires_grad_(False).eval() for k, m in self.modules.items()}
-        # Replicated modules are not wrapped in DistributedDataParallel: a step makes one forward
-        # pass per stage present, and that number differs between processes, which DDP's hooks
-        # cannot follow. Gradients are averaged explicitly after the backward passes instead
-        # (``_sync_gradients``), which is the same update. Sharded modules (``parallel: fsdp``)
-        # always take the packed path: one forward per micro-batch on every process. The LR
-        # scheduler steps once per optimiser step whatever the number of processes.
         if loop.parallel not in ("replicate", "fsdp"):
             raise PyramidflowError(f"unknown loop.parallel {loop.parallel!r}; valid: replicate, fsdp")
-        self.wrapped = {k: m.to(accelerator.device) for k, m in self.modules.items()}
-        for ema in self.ema.values():
-            ema.to(accelerator.device)
-        self._broadcast_parameters()
-        self.sharding = None
-        if loop.parallel == "fsdp" and world > 1:
-            self.sharding = Sharding(self.wrapped, self.ema)
-        params = [p for m in self.wrapped.values() for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                           weight_decay=config.optim.weight_decay)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                              lr_lambda(config.optim, loop.max_steps))
+        if len(dataset) == 0:
+            raise PyramidflowError("the training dataset is empty")
+        self.method, self.dataset, self.loop, self.out_dir = method, dataset, loop, Path(out_dir)
+        self.accelerator = acc = accelerator or make_accelerator(loop.mixed_precision)
+        world = acc.num_processes
+        if loop.batch_size % (world * loop.grad_accum):
+            raise PyramidflowError(f"batch_size {loop.batch_size} must be divisible by processes x "
+                                   f"grad_accum = {world} x {loop.grad_accum}")
+        self.micro_batch = loop.batch_size // (world * loop.grad_accum)
+        # Replicated modules are not wrapped in DistributedDataParallel: a step may make a different
+        # number of forward passes on each process (one per stage present), which DDP's hooks cannot
+        # follow. Gradients are averaged explicitly after the backward passes instead, the same
+        # update. Sharded modules (``parallel: fsdp``) reduce-scatter in their backward pass.
+        self.modules = {k: m.to(acc.device) for k, m in method.modules().items()}
+        for m in method.frozen_modules().values():
+            m.to(acc.device)
+        if world > 1:
+            broadcast_parameters(self.modules.values())  # every process starts from the main weights
+        ema_roles = method.ema_roles() if loop.ema_decay > 0 else ()
+        self.sharding = Sharding(self.modules, ema_roles) if loop.parallel == "fsdp" and world > 1 else None
+        self.ema = EMA({k: self.modules[k] for k in ema_roles}, loop.ema_decay) if ema_roles else None
+        self.optimizers, self.schedulers, self._params = {}, {}, {}
+        for name, spec in method.optimizers().items():
+            params = [p for role in spec.roles for p in self.modules[role].parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=spec.config.lr, betas=tuple(spec.config.betas),
+                                    weight_decay=spec.config.weight_decay)
+            self.optimizers[name], self._params[name] = opt, params
+            schedule = lr_lambda(spec.config, loop.max_steps)
+            self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        self._clip = {name: spec.config.grad_clip for name, spec in method.optimizers().items()}
+        method.bind(self)
         self.step = 0
-        self._writer = None
-        self._perm_cache: dict[int, list[int]] = {}
-        self.checkpoint_extra: dict[str, Any] = {}  # written into every checkpoint's meta.json
         self.train_seconds = 0.0  # wall-clock time spent in train_step by this process (this session)
-
-    # ------------------------------------------------------- distribution
-    def _params(self) -> list[torch.nn.Parameter]:
-        return [p for m in self.wrapped.values() for p in m.parameters() if p.requires_grad]
-
-    def _broadcast_parameters(self) -> None:
-        """Start every process from the main process's weights."""
-        if self.accelerator.num_processes > 1:
-            broadcast_parameters(self.wrapped.values())
-
-    def _sync_gradients(self) -> None:
-        """Average gradients over replicated processes; sharded modules need nothing (FSDP
-        reduce-scatters, i.e. averages, in the backward pass)."""
-        if self.accelerator.num_processes > 1 and self.sharding is None:
-            average_gradients(self._params(), self.accelerator.num_processes)
+        self._writer = None
+        self._started = time.perf_counter()
+        self._perm_cache: dict[int, list[int]] = {}
 
     # ------------------------------------------------------------------ data
     def _global_indices(self, step: int) -> list[int]:
         """Dataset indices of the global batch of ``step`` (a seeded permutation per epoch)."""
-        n, b = len(self.dataset), self.config.loop.batch_size
+        n, b = len(self.dataset), self.loop.batch_size
         out = []
         for pos in range(step * b, (step + 1) * b):
             epoch, offset = divmod(pos, n)
             perm = self._perm_cache.get(epoch)
             if perm is None:
-                gen = torch.Generator().manual_seed(self.config.loop.seed * 7919 + epoch)
+                gen = torch.Generator().manual_seed(self.loop.seed * 7919 + epoch)
                 perm = torch.randperm(n, generator=gen).tolist()
                 self._perm_cache = {epoch: perm}
             out.append(perm[offset])
         return out
 
-    def _micro_batches(self, step: int):
-        """(global positions, dataset indices) of this process's micro-batches for ``step``."""
+    def _micro_batches(self, step: int) -> list[MicroBatch]:
+        """This process's micro-batches of ``step``."""
         idx = self._global_indices(step)
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        m = self.micro_batch
-        for a in range(self.config.loop.grad_accum):
+        world, rank, m = self.accelerator.num_processes, self.accelerator.process_index, self.micro_batch
+        out = []
+        for a in range(self.loop.grad_accum):
             start = (a * world + rank) * m
             positions = list(range(start, start + m))
-            yield positions, [idx[j] for j in positions]
-
-    def _load(self, indices: list[int]) -> tuple[Tensor | list[Tensor], list[str]]:
-        """Model-space examples on the CPU: one (B, C, T, H, W) batch, or a list when clip lengths
-        differ. The training paths are drawn there, with the per-example CPU generators, so a run is
-        the same on every device; the model's inputs then move to the accelerator."""
-        items = [self.dataset[i] for i in indices]
-        videos, device = split_batch([it["video"] for it in items]), self.accelerator.device
-        if isinstance(videos, Tensor):
-            x0 = self.to_model_space(videos.to(device)).float().cpu()
-        else:
-            x0 = [self.to_model_space(v[None].to(device)).float().cpu() for v in videos]
-        return x0, [it["text"] for it in items]
+            out.append(MicroBatch(step, a, positions, [self.dataset[idx[j]] for j in positions],
+                                  [example_generator(self.loop.seed, step, j) for j in positions]))
+        return out
 
     # ------------------------------------------------------------- training
-    def _micro_step(self, step: int, positions: list[int], indices: list[int]) -> tuple[Tensor, dict]:
-        loop, pyr = self.config.loop, self.config.pyramid
-        x0, texts = self._load(indices)
-        gens = [example_generator(loop.seed, step, j) for j in positions]
-        dropped = [
-            "" if float(torch.rand((), generator=g)) < loop.text_dropout else t
-            for g, t in zip(gens, texts, strict=True)
-        ]
-        text = self.encode_text(dropped)
-        path = dict(stage_weights=pyr.stage_weights, density=pyr.density, logit_mean=pyr.logit_mean,
-                    logit_std=pyr.logit_std)
-        model, temporal = self.wrapped["transformer"], self.config.temporal
-        with self.accelerator.autocast():
-            if isinstance(x0, list) or temporal.autoregressive or self.sharding is not None:  # packed
-                examples = x0 if isinstance(x0, list) else list(x0.split(1, dim=0))
-                out = packed_flow_loss(model, examples, text, self.schedule, self.transform, gens, temporal,
-                                       **path)
-            else:
-                out = pyramid_flow_loss(model, x0, text, self.schedule, self.transform, gens, **path)
-        # Normalise by the global batch: the mean over processes of this is the global mean.
-        local = out.total * (self.accelerator.num_processes / loop.batch_size)
-        return local, {"per_example": out.per_example, "stage": out.stage}
-
-    def _check_finite(self, loss: Tensor, step: int) -> None:
+    def _check_finite(self, loss: Tensor, phase: str) -> None:
         if torch.isfinite(loss).all():
             return
         last = resolve_checkpoint(self.out_dir, "latest")
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"the loss became non-finite ({float(loss)}) at step {step + 1}; training stopped and "
-            f"{where}. Lower optim.lr or check the data."
-        )
+        raise TrainingDiverged(f"the {phase} loss became non-finite ({float(loss)}) at step {self.step + 1}; "
+                               f"training stopped and {where}. Lower the learning rate or check the data.")
 
-    def train_step(self) -> dict:
-        """One optimiser step over the global batch; returns logged values."""
-        acc, loop = self.accelerator, self.config.loop
-        for m in self.wrapped.values():
+    def _sync_gradients(self, params: list) -> None:
+        if self.accelerator.num_processes > 1 and self.sharding is None:
+            average_gradients(params, self.accelerator.num_processes)
+
+    def train_step(self) -> dict[str, float]:
+        """One step: every phase over the global batch; returns the logged values."""
+        acc, scale = self.accelerator, self.accelerator.num_processes / self.loop.batch_size
+        for m in self.modules.values():
             m.train()
-        total, per_example, stages = 0.0, [], []
-        self.optimizer.zero_grad(set_to_none=True)
-        for positions, indices in self._micro_batches(self.step):
-            loss, info = self._micro_step(self.step, positions, indices)
-            self._check_finite(loss.detach(), self.step)
-            acc.backward(loss)  # local sums over the global batch: gradients simply add up
-            total += float(loss.detach())
-            per_example.append(info["per_example"])
-            stages.append(info["stage"])
-        self._sync_gradients()
-        grad_norm = None
-        if self.config.optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self._params(), self.config.optim.grad_clip)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        if self.ema:
-            for name, ema in self.ema.items():
-                update_ema(ema, acc.unwrap_model(self.wrapped[name]), ema_decay_at(loop.ema_decay, self.step))
+        batches = self._micro_batches(self.step)
+        stats: dict[str, float] = {}
+        logs: dict[str, list[float]] = {}
+        for i, phase in enumerate(self.method.phases(self.step)):
+            opt, params = self.optimizers[phase], self._params[phase]
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for batch in batches:
+                with acc.autocast():
+                    out = self.method.loss(phase, batch)
+                local = out.total * scale  # global-batch normalised: processes and micro-batches add up
+                self._check_finite(local.detach(), phase)
+                acc.backward(local)
+                total += float(local.detach())
+                for key, (value, count) in out.logs.items():
+                    entry = logs.setdefault(key, [0.0, 0])
+                    entry[0], entry[1] = entry[0] + value, entry[1] + count
+            self._sync_gradients(params)
+            clip = self._clip[phase]
+            if clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                full = getattr(norm, "full_tensor", None)  # a DTensor when sharded
+                stats["grad_norm" if i == 0 else f"grad_norm_{phase}"] = float(full() if full else norm)
+            opt.step()
+            self.schedulers[phase].step()
+            if acc.num_processes > 1:
+                total = float(acc.reduce(torch.tensor(total, device=acc.device), "mean"))
+            stats["loss" if i == 0 else f"loss_{phase}"] = total
+        for n, (name, sched) in enumerate(self.schedulers.items()):
+            stats["lr" if n == 0 else f"lr_{name}"] = sched.get_last_lr()[0]
+        if self.ema is not None:
+            self.ema.update(self.modules, self.step)
         self.step += 1
-        per_example_t, stage_t = torch.cat(per_example), torch.cat(stages)
-        stats = {"loss": float(acc.reduce(torch.tensor(total, device=acc.device), "mean")),
-                 "lr": self.lr_scheduler.get_last_lr()[0]}
-        if grad_norm is not None:
-            full = getattr(grad_norm, "full_tensor", None)  # a DTensor when sharded
-            stats["grad_norm"] = float(full() if full else grad_norm)
-        for s in range(self.schedule.num_stages):
-            sel = stage_t == s
-            if sel.any():
-                stats[f"loss_stage{s}"] = float(per_example_t[sel].mean())
+        stats.update({k: v / max(c, 1) for k, (v, c) in logs.items()})
         return stats
 
     # ------------------------------------------------------------ checkpoint
-    def sampling_modules(self) -> dict[str, torch.nn.Module]:
-        """Whole modules to sample from (main process): the EMA copies, else the live weights. When
-        sharded these are the CPU copies from the last :meth:`Sharding.gather` (a checkpoint or a
-        validation refreshes them)."""
+    @contextmanager
+    def sampling_modules(self, gather: bool = True) -> Iterator[dict[str, torch.nn.Module]]:
+        """Whole modules holding the EMA weights (the live ones without EMA) for the block. When
+        sharded these are the main process's copies, gathered first (a collective; ``gather=False``
+        on the main process alone: the copies as of the last checkpoint)."""
         if self.sharding is not None:
-            return {**self.sharding.copies, **self.sharding.ema_copies}
-        return {k: self.ema.get(k, self.accelerator.unwrap_model(m)) for k, m in self.wrapped.items()}
+            if gather:
+                self.sharding.gather(self.ema)
+            copies = {**self.sharding.copies, **self.sharding.ema_copies}
+            for m in copies.values():
+                m.to(self.accelerator.device)
+            try:
+                yield copies
+            finally:
+                for m in copies.values():
+                    m.cpu()
+            return
+        with self.ema.applied(self.modules) if self.ema is not None else nullcontext():
+            yield self.modules
 
     def save(self) -> Path | None:
         acc = self.accelerator
         acc.wait_for_everyone()
         path = None
-        models = {k: acc.unwrap_model(m) for k, m in self.wrapped.items()}
-        ema, optimizer = self.ema, self.optimizer
         if self.sharding is not None:  # whole tensors on the main process, the unsharded layout
-            self.sharding.gather()
+            self.sharding.gather(self.ema)
             models, ema = self.sharding.copies, self.sharding.ema_copies
-            optimizer = Snapshot(self.sharding.gather_optimizer(self.optimizer))
+            optimizers = {k: Snapshot(self.sharding.gather_optimizer(o)) for k, o in self.optimizers.items()}
+        else:
+            models, optimizers = self.modules, self.optimizers
+            ema = {k: self.ema.averaged_copy(k, models[k]) for k in self.ema.names} if self.ema else {}
         if acc.is_main_process:
-            path = save_checkpoint(
-                self.out_dir, self.step, models, optimizers={"main": optimizer},
-                schedulers={"main": self.lr_scheduler}, ema=ema,
-                data_position=self.step * self.config.loop.batch_size,
-                extra={"seed": self.config.loop.seed, "processes": acc.num_processes,
-                       "parallel": self.config.loop.parallel, **self.checkpoint_extra},
-                keep_last=self.config.loop.keep_last,
-            )
+            extra = {"seed": self.loop.seed, "processes": acc.num_processes, "parallel": self.loop.parallel,
+                     **self.method.checkpoint_extra()}
+            path = save_checkpoint(self.out_dir, self.step, models, optimizers=optimizers,
+                                   schedulers=self.schedulers, ema=ema,
+                                   data_position=self.step * self.loop.batch_size, extra=extra,
+                                   keep_last=self.loop.keep_last)
         acc.wait_for_everyone()
         return path
 
@@ -310,42 +230,53 @@ class Trainer:
             if which == "latest":
                 return self.step
             raise FileNotFoundError(f"no checkpoint {which!r} under {self.out_dir}")
-        acc = self.accelerator
         if self.sharding is None:
-            models = {k: acc.unwrap_model(m) for k, m in self.wrapped.items()}
-            loaded = load_checkpoint(path, models, {"main": self.optimizer}, {"main": self.lr_scheduler},
-                                     self.ema, rng=True)
-        else:  # the main process reads the whole tensors, then they are sent to the shards
-            snapshot = Snapshot(None)
-            main = acc.is_main_process
-            loaded = load_checkpoint(path, self.sharding.copies, {"main": snapshot} if main else {},
-                                     {"main": self.lr_scheduler}, self.sharding.ema_copies, rng=True)
-            self.sharding.scatter()
-            self.sharding.scatter_optimizer(self.optimizer, snapshot.state)
+            ema = {k: self.ema.averaged_copy(k, self.modules[k]) for k in self.ema.names} if self.ema else {}
+            loaded = load_checkpoint(path, self.modules, self.optimizers, self.schedulers, ema, rng=True)
+            for name, module in ema.items():
+                self.ema.load_from(name, module)
+        else:  # the main process reads whole tensors, then they are sent to the shards
+            main = self.accelerator.is_main_process
+            snaps = {k: Snapshot(None) for k in self.optimizers}
+            loaded = load_checkpoint(path, self.sharding.copies, snaps if main else {}, self.schedulers,
+                                     self.sharding.ema_copies, rng=True)
+            self.sharding.scatter(self.ema)
+            for name, opt in self.optimizers.items():
+                self.sharding.scatter_optimizer(opt, snaps[name].state)
         self.step = loaded.step
+        if self.accelerator.is_main_process:
+            print(f"resumed from {path} at step {self.step}")
         return self.step
 
     # ------------------------------------------------------------------ loop
-    def _log(self, stats: dict) -> None:
+    def log(self, values: Mapping[str, float], prefix: str = "train") -> None:
+        """TensorBoard (``prefix/KEY``) and one line of ``metrics.jsonl`` (main process)."""
         if not self.accelerator.is_main_process:
             return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             self._writer = SummaryWriter(str(self.out_dir / "logs"))
-        for key, value in stats.items():
-            tag = f"loss/{key[5:]}" if key.startswith("loss_") else f"train/{key}"
-            self._writer.add_scalar(tag, value, self.step)
+        record: dict[str, Any] = {"step": self.step,
+                                  "minutes": round((time.perf_counter() - self._started) / 60, 3)}
+        for key, value in values.items():
+            name = key if prefix == "train" else f"{prefix}/{key}"
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._writer.add_scalar(f"{prefix}/{key}", value, self.step)
+            record[name] = value
+        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
     def train(self, resume: str | None = None, max_steps: int | None = None) -> dict:
-        """Train to ``max_steps`` (default: the config's); returns the last step's stats."""
+        """Train to ``max_steps`` (default: the loop's); returns the last step's stats and what the
+        method's ``finish`` reports."""
         from tqdm.auto import tqdm
 
-        loop = self.config.loop
+        loop, acc = self.loop, self.accelerator
         if resume:
             self.resume(resume)
         target = loop.max_steps if max_steps is None else max_steps
-        acc = self.accelerator
         bar = tqdm(total=target, initial=self.step, disable=not (loop.progress and acc.is_main_process),
                    desc="train", dynamic_ncols=True)
         stats: dict = {}
@@ -357,34 +288,31 @@ class Trainer:
             self.train_seconds += time.perf_counter() - tick
             bar.update(1)
             if self.step % max(1, loop.log_every) == 0 or self.step == target:
-                self._log(stats)
+                self.log(stats)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
             if loop.checkpoint_every and self.step % loop.checkpoint_every == 0:
                 self.save()
-            if self.validate_hook and loop.validate_every and self.step % loop.validate_every == 0:
-                self._validate()
+            if loop.validate_every and self.step % loop.validate_every == 0:
+                self.validate()
         bar.close()
         if self.step and (not loop.checkpoint_every or self.step % loop.checkpoint_every):
             self.save()
-        if self.validate_hook and not (loop.validate_every and self.step % loop.validate_every == 0):
-            self._validate()
+        if not (loop.validate_every and self.step % loop.validate_every == 0):
+            self.validate()
         stats["seconds"] = time.perf_counter() - started
+        if acc.is_main_process:
+            stats.update(self.method.finish(self))
         if self._writer is not None:
             self._writer.flush()
         return stats
 
-    def _validate(self) -> None:
-        copies = []
-        if self.sharding is not None:  # sample from whole copies, on the device while validating
-            self.sharding.gather()
-            copies = list(self.sampling_modules().values())
-            for m in copies:
-                m.to(self.accelerator.device)
-        if self.accelerator.is_main_process:
-            result = self.validate_hook(self, self.step)
-            if isinstance(result, Mapping):
-                self._log({f"val_{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))})
-        for m in copies:
-            m.cpu()
+    def validate(self) -> dict | None:
+        """The method's validation with the EMA weights, logged under ``val/`` (main process)."""
+        result = None
+        with self.sampling_modules() as modules:
+            if self.accelerator.is_main_process:
+                result = self.method.validate(self, self.step, modules)
+                if result:
+                    self.log(result, prefix="val")
         self.accelerator.wait_for_everyone()
-
+        return result

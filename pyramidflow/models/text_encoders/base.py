@@ -6,6 +6,8 @@ transformer attends to the whole padded sequence, as Wan does). An empty prompt 
 any other: it encodes to the encoder's own representation of "" (for T5/UMT5 the end-of-sequence
 token alone, for the embedded encoder a learned ``<null>`` token), which is the unconditional
 embedding of classifier-free guidance.
+
+Maths: docs/maths.md sections 10 and 13.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 * :class:`CausalVideoVAE` - this project's trainable causal 3D conv VAE.
 * :class:`WanVAE` - diffusers' ``AutoencoderKLWan`` loaded from a local directory.
+* :class:`PixelSpace` - the identity: pixel-space models use it where others use a VAE.
 
 ``load_vae(path)`` picks the right one from the directory's ``config.json``.
 """
@@ -14,10 +15,12 @@ from pathlib import Path
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae.causal_vae import CausalVideoVAE
 from pyramidflow.models.vae.interface import VideoAutoencoder
+from pyramidflow.models.vae.pixel import PixelSpace, frames_to_model, model_to_frames, to_signed, to_unit
 from pyramidflow.models.vae.tiling import tiled_apply
 from pyramidflow.models.vae.wan import WanVAE
 
-__all__ = ["CausalVideoVAE", "VideoAutoencoder", "WanVAE", "load_vae", "tiled_apply"]
+__all__ = ["CausalVideoVAE", "PixelSpace", "VideoAutoencoder", "WanVAE", "frames_to_model", "load_vae",
+           "model_to_frames", "tiled_apply", "to_signed", "to_unit"]
 
 _KNOWN = {"CausalVideoVAE": CausalVideoVAE, "AutoencoderKLWan": WanVAE}
 

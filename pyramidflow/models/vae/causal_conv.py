@@ -7,6 +7,8 @@ Tensors are (B, C, T, H, W).
 
 Streaming: ``set_streaming(module, True)`` switches every block below ``module`` to keep its cache
 between calls; ``reset_streams(module)`` forgets the past (start of a new clip).
+
+Maths: docs/maths.md section 16.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ frames give 1 + k latents. The paper's model is 8x8x8 with 16 channels
 (Chen et al. 2024): average-pool shortcuts around every down-sample and into the posterior mean,
 nearest-neighbour shortcuts around every up-sample and out of the latent. A diagonal Gaussian
 posterior is regularised with KL to N(0, I).
+
+Maths: docs/maths.md section 16.
 """
 
 from __future__ import annotations

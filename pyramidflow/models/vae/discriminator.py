@@ -3,6 +3,8 @@
 Each output logit judges one space-time patch of the video; with hinge losses it sharpens
 reconstructions once the autoencoder has warmed up. Input (B, 3, F, H, W) in [-1, 1], output
 (B, 1, F', H / 2^n, W / 2^n) logits.
+
+Maths: docs/maths.md section 18.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``encode(video)`` takes (B, 3, F, H, W) in [-1, 1] with F = 1 + k * temporal_compression and returns
 *normalised* latents (B, C, 1 + k, H / s, W / s): per channel, z_norm = (z - mean_c) / std_c, so the
-flow-matching maths of MATH.md (sigma=1 noise, sigma=0 data) sees roughly unit-variance data.
+flow-matching maths of docs/maths.md (sigma=1 noise, sigma=0 data) sees roughly unit-variance data.
 ``decode`` undoes the normalisation and maps back to [-1, 1] video. Long clips can be decoded chunk by
 chunk (``chunk_latents``) and large frames tile by tile with blended seams (``tile_latent``), so memory
 does not grow with the clip. ``encode``/``decode`` run without autograd (inference and caching);

@@ -5,6 +5,8 @@ are combined as a weighted average whose weights ramp linearly across the middle
 (zero on its outer quarter). Weights are normalised per pixel, so for a local map whose receptive
 field reaches at most a quarter of the overlap, tiled == whole exactly; for decoders with per-frame
 normalisation or wide receptive fields it is an approximation that improves with tile and overlap.
+
+Maths: docs/maths.md section 17.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Wan encodes 1 + 4k frames into 1 + k latents with 8x spatial compression and 16 
 carries per-channel ``latents_mean`` / ``latents_std`` and the latents the DiT sees are
 (z - mean) / std (the Wan pipeline decodes with z * std + mean). Compression factors are read from the
 architecture (``temperal_downsample``, the number of levels, ``patch_size``), not from the defaults.
+
+Maths: docs/maths.md sections 16 and 17.
 """
 
 from __future__ import annotations

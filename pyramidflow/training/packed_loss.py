@@ -1,9 +1,10 @@
-"""The pyramidal flow-matching loss with the temporal pyramid (MATH.md sections 6 and 7).
+"""The pyramidal flow-matching loss as packed token sequences, for every temporal mode
+(docs/maths.md sections 6 and 7).
 
 Each example becomes one token sequence for :meth:`PyramidDiT.forward_packed`:
 
 * ``full_sequence``: the whole clip at its drawn stage (one segment), as in
-  :func:`pyramidflow.training.losses.pyramid_flow_loss`, but clips of different lengths (videos and
+  :func:`pyramidflow.training.flow_loss.pyramid_flow_loss`, but clips of different lengths (videos and
   one-frame images) share one batch.
 * ``autoregressive`` (Pyramid Flow section 3.3): the clip is cut into units of ``frames_per_unit``
   frames; a unit u is drawn uniformly, its path point at the drawn stage i is the current segment,
@@ -28,36 +29,17 @@ from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.segments import TokenSegment
-from pyramidflow.models.unit_velocity import unit_segments
-from pyramidflow.pyramid import HaarTransform, PyramidSchedule, training_sample
-from pyramidflow.pyramid.temporal import HistoryUnit, compress_history, corrupt, split_units
-from pyramidflow.training.losses import LossOutput
-
-MODES = ("full_sequence", "autoregressive")
-
-
-@dataclass
-class TemporalConfig:
-    """How a clip is generated: all frames at once, or unit by unit with the temporal pyramid."""
-
-    mode: str = "full_sequence"  # full_sequence | autoregressive
-    frames_per_unit: int = 1  # frames (model space: latent frames) per autoregressive unit
-    corrupt_max: float = 1 / 3  # training history noise level ~ U(0, corrupt_max)
-    max_history: int | None = None  # autoregressive: history units kept (the most recent); None: all
-
-    def check(self) -> None:
-        if self.mode not in MODES:
-            raise PyramidflowError(f"unknown temporal mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if self.frames_per_unit < 1:
-            raise PyramidflowError(f"frames_per_unit must be >= 1, got {self.frames_per_unit}")
-        if not 0.0 <= self.corrupt_max <= 1.0:
-            raise PyramidflowError(f"corrupt_max must lie in [0, 1], got {self.corrupt_max}")
-        if self.max_history is not None and self.max_history < 1:
-            raise PyramidflowError(f"max_history must be >= 1 (or null for all), got {self.max_history}")
-
-    @property
-    def autoregressive(self) -> bool:
-        return self.mode == "autoregressive"
+from pyramidflow.models.velocity import unit_token_segments
+from pyramidflow.pyramid import HaarTransform, PyramidSchedule, TemporalConfig, training_sample
+from pyramidflow.pyramid.temporal import (
+    HistoryUnit,
+    compress_history,
+    corrupt,
+    history_levels,
+    history_window,
+    split_units,
+)
+from pyramidflow.training.flow_loss import LossOutput
 
 
 @dataclass
@@ -78,32 +60,54 @@ def draw_example(
     generator: torch.Generator,
     temporal: TemporalConfig,
     patch_frames: int,
-    timestep_scale: float = 1000.0,
     device=None,
+    clean_pyramid: Sequence[Tensor] | None = None,
     **path_kwargs,
 ) -> PackedExample:
     """The sequence of one example x0 (1, C, T, H, W) (draw order: module docstring).
 
-    Drawn where x0 is; the returned tensors are moved to ``device`` (default: x0's).
+    ``clean_pyramid``: definition-2 clean signals of the example, one per stage, coarse to fine
+    (docs/maths.md section 6); in autoregressive mode they also give the compressed history (a
+    spatial transform is needed: every level keeps the clip's frames). Drawn where x0 is; the
+    returned tensors are moved to ``device`` (default: x0's).
     """
     device = x0.device if device is None else device
     if x0.dim() != 5 or x0.shape[0] != 1:
         raise PyramidflowError(f"an example must be (1, C, T, H, W), got {tuple(x0.shape)}")
-    units = split_units(x0, temporal.frames_per_unit) if temporal.autoregressive else [x0]
+    ar = temporal.autoregressive
+    units = split_units(x0, temporal.frames_per_unit) if ar else [x0]
+    pyramid_units = None if clean_pyramid is None else _pyramid_units(clean_pyramid, x0.shape[2], temporal)
     u = int(torch.randint(len(units), (), generator=generator)) if len(units) > 1 else 0
-    ts = training_sample(units[u], schedule, transform, generator=generator, **path_kwargs)
+    extra = {"clean_pyramid": [level[u] for level in pyramid_units]} if pyramid_units is not None else {}
+    ts = training_sample(units[u], schedule, transform, generator=generator, **path_kwargs, **extra)
     stage = int(ts.stage[0])
     x_t = ts.x_t[0][None] if isinstance(ts.x_t, list) else ts.x_t
     target = ts.target[0][None] if isinstance(ts.target, list) else ts.target
-    history = compress_history(units[:u], stage, schedule.num_stages, transform, temporal.max_history)
+    if pyramid_units is None:
+        history = compress_history(units[:u], stage, schedule.num_stages, transform, temporal.max_history)
+    else:  # level L of unit i is entry K - 1 - L of its pyramid
+        kept = history_window(u, temporal.max_history)
+        levels = history_levels(len(kept), stage, schedule.num_stages)
+        history = [HistoryUnit(pyramid_units[schedule.num_stages - 1 - lv][i], lv, i)
+                   for i, lv in zip(kept, levels, strict=True)]
     if history and temporal.corrupt_max > 0:
         level = torch.rand((), generator=generator, dtype=torch.float64) * temporal.corrupt_max
         history = [HistoryUnit(corrupt(h.latent, float(level), generator), h.level, h.unit) for h in history]
-    hist, current = unit_segments(history, x_t, (timestep_scale * ts.sigma).float(), u, stage,
-                                  schedule.num_stages, patch_frames)
+    hist, current = unit_token_segments(history, x_t, ts.sigma, u, stage, schedule.num_stages, patch_frames)
     segments = [replace(s, latent=s.latent.to(device), timestep=torch.as_tensor(s.timestep).to(device))
                 for s in (*hist, current)]
     return PackedExample(segments, target.to(device), stage, ts.sigma.to(device), u)
+
+
+def _pyramid_units(pyramid: Sequence[Tensor], frames: int, temporal: TemporalConfig) -> list[list[Tensor]]:
+    """Each level (1, C, T, h, w) of a definition-2 pyramid cut into the example's units."""
+    if not temporal.autoregressive:
+        return [[level] for level in pyramid]
+    if any(level.shape[2] != frames for level in pyramid):
+        raise PyramidflowError("autoregressive training with definition-2 clean targets needs every level to "
+                               f"keep the clip's {frames} frames (a spatial pyramid), got "
+                               f"{[level.shape[2] for level in pyramid]}")
+    return [split_units(level, temporal.frames_per_unit) for level in pyramid]
 
 
 def packed_flow_loss(
@@ -114,8 +118,7 @@ def packed_flow_loss(
     transform: HaarTransform,
     generators: Sequence[torch.Generator],
     temporal: TemporalConfig,
-    *,
-    timestep_scale: float = 1000.0,
+    clean_pyramids: Sequence[Sequence[Tensor] | None] | None = None,
     **path_kwargs,
 ) -> LossOutput:
     """Loss over examples ``x0[j]`` (1 or no batch dim: (C, T_j, H, W)), texts (B, L, D), one packed call.
@@ -123,6 +126,7 @@ def packed_flow_loss(
     Paths are drawn where the examples are (e.g. the CPU, with CPU generators); the model runs where
     ``text`` is.
 
+    ``clean_pyramids``: per example None or its definition-2 pyramid (:func:`draw_example`).
     ``path_kwargs`` go to :func:`training_sample` (``stage_weights``, ``density``, ...). The loss
     of an example is the mean squared error over its current segment; ``loss`` is the batch mean.
     """
@@ -131,10 +135,11 @@ def packed_flow_loss(
         raise PyramidflowError(f"{len(x0)} examples, {len(generators)} generators and "
                                f"{text.shape[0]} texts must match")
     patch_frames = int(model.config.patch_size[0])
+    pyramids = clean_pyramids if clean_pyramids is not None else [None] * len(x0)
     examples = [
         draw_example(x if x.dim() == 5 else x[None], schedule, transform, g, temporal, patch_frames,
-                     timestep_scale, text.device, **path_kwargs)
-        for x, g in zip(x0, generators, strict=True)
+                     text.device, clean_pyramid=p, **path_kwargs)
+        for x, g, p in zip(x0, generators, pyramids, strict=True)
     ]
     outs = model.forward_packed([e.segments for e in examples], list(text.split(1, dim=0)))
     errs = torch.stack([(out[-1].float() - e.target.float()).pow(2).mean() for out, e in zip(outs, examples,

@@ -7,6 +7,8 @@
 * Hinge GAN losses for the optional patch discriminator (Lim & Ye 2017).
 * PSNR (dB, on [0, 1] pixels) and SSIM as validation metrics.
 Videos are (B, 3, F, H, W).
+
+Maths: docs/maths.md section 18.
 """
 
 from __future__ import annotations

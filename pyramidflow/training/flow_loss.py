@@ -1,4 +1,5 @@
-"""The unified pyramidal flow-matching loss (MATH.md section 6; Pyramid Flow Eq. 9-11).
+"""The unified pyramidal flow-matching loss on whole clips, one model call per stage present
+(docs/maths.md section 6; Pyramid Flow Eq. 9-11).
 
 One transformer serves every stage. A batch draws a stage per example (default 1:2:1), a point
 on that stage's coupled path, and regresses the network's velocity onto the path's target. The
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from pyramidflow.models.velocity import call_model
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule, TrainingSample, training_sample
 
 
@@ -28,13 +30,6 @@ class LossOutput:
     sigma: Tensor  # (B,)
     per_stage: dict[int, float] = field(default_factory=dict)  # mean loss of each stage present
     total: Tensor | None = None  # scalar, differentiable: the sum over examples
-
-
-def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, timestep_scale: float = 1000.0) -> Tensor:
-    """Velocity prediction at natural level ``sigma`` (B,): timestep = scale * sigma (MATH.md 1)."""
-    timestep = (timestep_scale * sigma).to(torch.float32)
-    out = model(hidden_states=x, timestep=timestep, encoder_hidden_states=text, return_dict=False)
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def per_example_sample(
@@ -76,7 +71,6 @@ def pyramid_flow_loss(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     clean_pyramid: Sequence[Tensor] | None = None,
-    timestep_scale: float = 1000.0,
 ) -> LossOutput:
     """Loss on a full-resolution batch ``x0`` (B, C, T, H, W) with text embeddings ``text`` (B, L, D).
 
@@ -98,7 +92,7 @@ def pyramid_flow_loss(
     per_stage: dict[int, float] = {}
     for s, (idx, x_t, sigma, target) in ts.by_stage().items():
         idx = idx.to(dev)
-        pred = call_model(model, x_t.to(dev, x0.dtype), sigma.to(dev), text[idx], timestep_scale)
+        pred = call_model(model, x_t.to(dev, x0.dtype), sigma.to(dev), text[idx])
         err = (pred.float() - target.to(dev).float()).pow(2).flatten(1).mean(1)  # (b,)
         total = total + err.sum()
         per_example = per_example.index_copy(0, idx, err.detach())

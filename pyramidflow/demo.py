@@ -18,12 +18,12 @@ import torch
 from pyramidflow.data.shapes import ShapesDataset
 from pyramidflow.data.vocab import BACKGROUNDS, COLORS, MOVING_DIRECTIONS, SHAPES, SPEEDS, make_caption
 from pyramidflow.eval import score_clips
+from pyramidflow.io import write_clips
 from pyramidflow.pipelines.pyramid_flow import PyramidFlowPipeline
-from pyramidflow.pipelines.training_run import write_clips
 
 NUM_PROMPTS = 32
 REFERENCE_CLIPS = 256
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "shapes-tiny"
 DEFAULT_CONFIG = REPO / "configs" / "shapes-tiny.yaml"
 

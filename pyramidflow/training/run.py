@@ -2,9 +2,10 @@
 
 Validation (every ``loop.validate_every`` steps and at the end) samples ``validation_prompts``
 captions of held-out clips with the EMA weights, writes ``OUT/samples/step-NNNNNNN/`` (one mp4 and
-prompt per clip, ``sheet.png``, ``metrics.json``), appends the scores to ``OUT/metrics.jsonl`` and
-logs them to TensorBoard: evaluator accuracies (shapes prompts) and the descriptor Fréchet distance
-to the held-out clips. At the end the EMA weights are exported as a pipeline to ``OUT/pipeline``.
+prompt per clip, ``sheet.png``, ``metrics.json``) and returns the scores, which the trainer logs
+(``val/...`` in ``OUT/metrics.jsonl`` and TensorBoard): evaluator accuracies (shapes prompts) and the
+descriptor Fréchet distance to the held-out clips. At the end the EMA weights are exported as a
+pipeline to ``OUT/pipeline``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from pathlib import Path
 
 import torch
 
+from pyramidflow.config import to_dict
 from pyramidflow.data.sources import clip_dataset
 from pyramidflow.eval import score_clips
-from pyramidflow.io import contact_sheet, write_video
-from pyramidflow.pipelines.pyramid_flow import PipelineConfig, PyramidFlowPipeline
-from pyramidflow.training.experiment import Components, TrainConfig, build_components, make_trainer
+from pyramidflow.io import write_clips
+from pyramidflow.models.vae import model_to_frames
+from pyramidflow.pipelines import PipelineConfig, PyramidFlowPipeline
+from pyramidflow.training.build import Components, build_components, make_trainer
+from pyramidflow.training.config import TrainConfig
 
 
 def held_out(cfg: TrainConfig, count: int, vae=None) -> tuple[list[str], list[torch.Tensor]]:
@@ -41,27 +45,15 @@ def held_out(cfg: TrainConfig, count: int, vae=None) -> tuple[list[str], list[to
 @torch.no_grad()
 def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """(C, T, h, w) normalised latents -> (T, 3, H, W) in [0, 1]."""
-    video = vae.decode(latents[None].to(next(vae.parameters()).device, vae.dtype))[0]
-    return video.float().clamp(-1, 1).add(1).div(2).permute(1, 0, 2, 3).cpu()
+    return model_to_frames(vae.decode(latents[None].to(next(vae.parameters()).device, vae.dtype)))[0].cpu()
 
 
-def write_clips(folder: Path, videos, prompts: list[str], fps: float, names: list[str] | None = None,
-                sheet: Path | None = None) -> None:
-    """``NAME.mp4`` + ``NAME.txt`` per clip (T, 3, H, W) in [0, 1] (names default to ``NN``), and a
-    contact sheet of them all (default ``folder/sheet.png``); ``pyramidflow eval`` reads the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = names or [f"{i:02d}" for i in range(len(prompts))]
-    for name, video, prompt in zip(names, videos, prompts, strict=True):
-        write_video(folder / f"{name}.mp4", video, fps=fps)
-        (folder / f"{name}.txt").write_text(prompt + "\n")
-    contact_sheet(list(videos), prompts, sheet or folder / "sheet.png")
-
-
-def pipeline_of(trainer, cfg: TrainConfig, parts: Components) -> PyramidFlowPipeline:
-    """A pipeline over the trainer's EMA weights (or the live ones without EMA)."""
-    modules = trainer.sampling_modules()
-    text = modules["text_encoder"] if parts.trainable_text else parts.text_encoder
-    return PyramidFlowPipeline(modules["transformer"], text, parts.vae, PipelineConfig.from_train(cfg))
+def pipeline_of(modules: dict, cfg: TrainConfig, parts: Components) -> PyramidFlowPipeline:
+    """A pipeline over the given training modules (``Trainer.sampling_modules``: EMA weights)."""
+    text = modules.get("text_encoder", parts.text_encoder)
+    vae = parts.autoencoder if cfg.space == "latent" else None
+    config = PipelineConfig.from_train_dict(to_dict(cfg))
+    return PyramidFlowPipeline(modules["transformer"], text, vae, config)
 
 
 class Validator:
@@ -69,10 +61,10 @@ class Validator:
 
     def __init__(self, cfg: TrainConfig, parts: Components) -> None:
         self.cfg, self.parts = cfg, parts
-        self.prompts, self.reference = held_out(cfg, cfg.validation_prompts, parts.vae)
+        self.prompts, self.reference = held_out(cfg, cfg.validation_prompts, parts.autoencoder)
 
-    def __call__(self, trainer, step: int) -> dict:
-        pipe = pipeline_of(trainer, self.cfg, self.parts)
+    def __call__(self, trainer, step: int, modules: dict) -> dict:
+        pipe = pipeline_of(modules, self.cfg, self.parts)
         video = pipe(self.prompts, seed=self.cfg.loop.seed, output_type="pt", progress=False).frames.cpu()
         out = Path(self.cfg.output_dir)
         folder = out / "samples" / f"step-{step:07d}"
@@ -83,8 +75,6 @@ class Validator:
         if scores["frechet"] is not None:
             flat["frechet"] = scores["frechet"]
         (folder / "metrics.json").write_text(json.dumps({"step": step, **flat}, indent=1))
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps({"step": step, **flat}) + "\n")
         return flat
 
 
@@ -95,9 +85,13 @@ def train_from_config(cfg: TrainConfig, resume: str | None = None, validate: boo
         torch.set_num_threads(cfg.num_threads)
     parts = build_components(cfg)
     hook = Validator(cfg, parts) if validate and cfg.validation_prompts > 0 else None
-    trainer = make_trainer(cfg, parts, hook, accelerator)
+
+    def export(trainer) -> dict:  # the EMA weights as a pipeline (main process)
+        with trainer.sampling_modules(gather=False) as modules:  # as of the final checkpoint
+            pipeline_of(modules, cfg, parts).save_pretrained(Path(cfg.output_dir) / "pipeline")
+        return {}
+
+    trainer = make_trainer(cfg, parts, hook, export, accelerator)
     stats = trainer.train(resume=resume)
-    if trainer.accelerator.is_main_process:
-        pipeline_of(trainer, cfg, parts).save_pretrained(Path(cfg.output_dir) / "pipeline")
     stats["step"] = trainer.step
     return stats

@@ -5,6 +5,8 @@ ConvNeXt ...): frames are resized to the model's image size, normalised with its
 std (``preprocessor_config.json``, else ImageNet's), and the loss is the mean squared distance between
 the channel-normalised hidden states of every layer (an LPIPS-like feature distance without learned
 per-channel weights). The backbone is frozen.
+
+Maths: docs/maths.md section 18.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each clip is encoded once with the posterior mean (deterministic) and stored alr
 (z - mean_c) / std_c, together with its caption and, when a text encoder is given, its text
 embedding. Work is split by shard, so several processes (``worker_id`` of ``num_workers``) can fill
 one cache, and a re-run skips complete shards.
+
+Maths: docs/maths.md section 17.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pyramidflow.data.latent_cache import (
     write_shard,
 )
 from pyramidflow.models.vae import VideoAutoencoder
-from pyramidflow.training.vae_data import as_clip
+from pyramidflow.training.vae.data import as_clip
 
 # captions -> (embeddings (B, L, D), mask (B, L))
 TextEncodeFn = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]

@@ -1,0 +1,1 @@
+"""The VAE's training pieces: config, data, losses, perceptual features, the latent cache."""
