@@ -30,11 +30,14 @@ DEFAULT_CONFIG = REPO / "configs" / "shapes-tiny.yaml"
 
 def demo_prompts(count: int = NUM_PROMPTS) -> list[str]:
     """``count`` distinct prompts cycling through colours, shapes, directions, speeds, backgrounds
-    and caption templates (coprime strides, so the combinations vary)."""
+    and caption templates. The shape index moves one further every full round of colours, so every
+    colour comes with every shape (within 18 prompts): a shape right for its colour cannot be a
+    colour-to-shape shortcut."""
     colors, backgrounds, speeds = list(COLORS), list(BACKGROUNDS), list(SPEEDS)
     prompts = []
     for i in range(count):
-        prompts.append(make_caption(colors[i % len(colors)], SHAPES[(i // 2) % len(SHAPES)],
+        shape = SHAPES[(i + i // len(colors)) % len(SHAPES)]
+        prompts.append(make_caption(colors[i % len(colors)], shape,
                                     backgrounds[(i // 3) % len(backgrounds)],
                                     MOVING_DIRECTIONS[i % len(MOVING_DIRECTIONS)],
                                     speeds[(i // 8) % len(speeds)], template=i // 8))
@@ -46,9 +49,11 @@ def slug(text: str, limit: int = 48) -> str:
 
 
 def reference_clips(pipe: PyramidFlowPipeline, count: int = REFERENCE_CLIPS) -> list[torch.Tensor]:
-    """Real shapes clips at the pipeline's default size (validation split)."""
+    """Real shapes clips at the pipeline's default size and motion scale (validation split)."""
     cfg = pipe.config
-    ds = ShapesDataset(height=cfg.height, width=cfg.width, num_frames=cfg.frames, length=count, split="val")
+    bounce = cfg.travel_frames is not None and cfg.travel_frames < cfg.frames - 1
+    ds = ShapesDataset(height=cfg.height, width=cfg.width, num_frames=cfg.frames, length=count, split="val",
+                       bounce=bounce, travel_frames=cfg.travel_frames)
     return [ds[i]["video"] for i in range(count)]
 
 

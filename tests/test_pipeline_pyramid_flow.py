@@ -219,3 +219,6 @@ def test_demo_prompts_cover_the_vocabulary():
     for key, vocab in (("color", COLORS), ("shape", SHAPES), ("direction", MOVING_DIRECTIONS),
                        ("speed", SPEEDS), ("background", BACKGROUNDS)):
         assert {a[key] for a in asked} == set(vocab), key
+    # every colour comes with every shape: the demo can tell shape-follows-prompt from colour-to-shape
+    pairs = {(a["color"], a["shape"]) for a in asked}
+    assert pairs == {(c, s) for c in COLORS for s in SHAPES}

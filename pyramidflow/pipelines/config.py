@@ -38,6 +38,9 @@ class PipelineConfig:
     width: int = 32
     fps: float = 8.0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # shapes models: frames in which the training clips covered a speed's share of the frame (None:
+    # the clip); the evaluator reads speeds on this scale and real reference clips are drawn with it
+    travel_frames: int | None = None
 
     def check(self) -> None:
         if self.space not in SPACES:
@@ -49,5 +52,6 @@ class PipelineConfig:
         """The pipeline part of a training config written as a plain dict (a checkpoint's ``meta.json``)."""
         data = train.get("data", {})
         picked = {key: train[key] for key in ("space", "pyramid", "temporal", "sampling") if key in train}
-        picked.update({key: data[key] for key in ("frames", "height", "width", "fps") if key in data})
+        picked.update({key: data[key] for key in ("frames", "height", "width", "fps", "travel_frames")
+                       if key in data})
         return from_dict(cls, picked)

@@ -123,8 +123,10 @@ class FlowMatching(TrainingMethod):
         path = self.pyramid.path_kwargs()
         if isinstance(x0, list) or self.temporal.autoregressive or self.packed_always:
             examples = x0 if isinstance(x0, list) else list(x0.split(1, dim=0))
+            # per example (1, C, T_i, h_i, w_i) levels
+            batched = None if pyramids is None else [[lv[None] for lv in p] for p in pyramids]
             out = packed_flow_loss(self.transformer, examples, text, self.schedule, self.transform,
-                                   batch.generators, self.temporal, clean_pyramids=pyramids, **path)
+                                   batch.generators, self.temporal, clean_pyramids=batched, **path)
         else:
             stacked = None if pyramids is None else [torch.stack(lv) for lv in zip(*pyramids, strict=True)]
             out = pyramid_flow_loss(self.transformer, x0, text, self.schedule, self.transform,
