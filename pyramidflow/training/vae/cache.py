@@ -25,7 +25,7 @@ from pyramidflow.data.latent_cache import (
     write_shard,
 )
 from pyramidflow.models.vae import VideoAutoencoder
-from pyramidflow.training.vae.data import as_clip
+from pyramidflow.training.vae.data import as_clip, to_model_range
 
 # captions -> (embeddings (B, L, D), mask (B, L))
 TextEncodeFn = Callable[[Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -86,8 +86,8 @@ def build_latent_cache(
         for start in range(0, len(indices), batch_size):
             batch_idx = indices[start : start + batch_size]
             raw = [dataset[i] for i in batch_idx]
-            clips = [as_clip(r) for r in raw]
-            x = torch.stack([c.permute(1, 0, 2, 3) for c in clips]).to(device, dtype) * 2 - 1
+            clips = [as_clip(r) for r in raw]  # (T, 3, H, W) each
+            x = to_model_range(clips).to(device, dtype)
             z = vae.encode(x, chunk_latents=chunk_latents).float().cpu()  # (B, C, T, h, w)
             metas = [_item_meta(r, i) for r, i in zip(raw, batch_idx, strict=True)]
             text = text_encoder([m[0] for m in metas]) if text_encoder is not None else None

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from pyramidflow.models.vae.pixel import to_unit
+
 
 def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
@@ -67,8 +69,7 @@ def reconstruction_terms(
     if mse:
         terms["mse"] = mse * (recon - target).pow(2).mean()
     if ssim_weight:
-        as01 = ((recon.float() + 1) / 2).clamp(0, 1), ((target.float() + 1) / 2)
-        terms["ssim"] = ssim_weight * (1 - ssim(*as01).mean())
+        terms["ssim"] = ssim_weight * (1 - ssim(to_unit(recon), to_unit(target)).mean())
     return terms
 
 

@@ -48,7 +48,7 @@ class FeaturePerceptualLoss(nn.Module):
         self.max_frames = max_frames
 
     def _features(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        x = (frames + 1) / 2  # [-1, 1] -> [0, 1]
+        x = (frames + 1) / 2  # [-1, 1] -> [0, 1], not clamped (to_unit would stop gradients outside)
         if self.size is not None:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x - self.mean.to(x)) / self.std.to(x)
