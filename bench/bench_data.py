@@ -48,12 +48,14 @@ def robustness(n: int) -> None:
     """Evaluator accuracies and Fréchet distance to clean clips under noise / blur (32x32, 8 frames)."""
     real = [ShapesDataset(32, 8, seed=21)[i] for i in range(n)]
     ref = [ShapesDataset(32, 8, seed=22)[i]["video"] for i in range(n)]
-    print(f"\n| corruption ({n} clips 8x32x32) | color | shape | direction | speed | background | all | FD to clean |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| corruption ({n} clips 8x32x32) | color | shape | direction | speed | background | intact | all "
+          "| FD to clean |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for noise, blur in ((0, 0), (0.05, 0), (0.1, 0), (0.2, 0), (0.3, 0), (0, 1), (0, 1.5), (0, 2), (0.1, 1)):
         vids = [corrupt(it["video"], noise, blur, i) for i, it in enumerate(real)]
         acc = accuracies(evaluate_video(v, it["text"]) for v, it in zip(vids, real, strict=True))
-        cells = " | ".join(f"{acc[k]:.2f}" for k in ("color", "shape", "direction", "speed", "background", "all"))
+        cells = " | ".join(f"{acc[k]:.2f}" for k in ("color", "shape", "direction", "speed", "background", "intact",
+                                                     "all"))
         fd = frechet_video_distance(ref, vids)
         print(f"| noise {noise}, blur {blur} px | {cells} | {fd:.2f} |")
 

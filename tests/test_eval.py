@@ -1,5 +1,6 @@
 """Evaluator validity (real clips pass, shuffled prompts fall to chance, corruption degrades it
-steadily), the descriptor Fréchet distance, and ``pyramidflow eval``."""
+steadily), the bouncing-path fit and clip integrity on long clips (real ones are intact, broken ones
+are not), shapes that look generated, the descriptor Fréchet distance, and ``pyramidflow eval``."""
 
 import json
 from collections import Counter
@@ -10,15 +11,21 @@ import torch
 from scipy import ndimage
 
 from pyramidflow.cli import main
-from pyramidflow.data.shapes import ShapesDataset
+from pyramidflow.data.shapes import ShapesDataset, render_shape, trajectory
+from pyramidflow.data.vocab import BACKGROUNDS, COLORS, DIRECTIONS
 from pyramidflow.eval import (
     DESCRIPTOR_NAMES,
     accuracies,
     clip_descriptor,
+    describe_video,
     evaluate_video,
     frechet_distance,
     frechet_video_distance,
+    score_clips,
 )
+from pyramidflow.eval.detect import analyse_clip, analyse_frame
+from pyramidflow.eval.integrity import INTACT_MIN_FRAMES
+from pyramidflow.eval.motion import fit_motion, fold
 
 N = 64
 CHECKS = ("color", "shape", "direction", "speed", "background")
@@ -132,6 +139,171 @@ def test_temporal_consistency_drops_for_incoherent_clips():
         assert (got < base).mean() >= 0.9, name
 
 
+BOUNCE = {"bounce": True, "travel_frames": 3}  # the long-clip dataset: fast motion, reflected off the walls
+
+
+def paint(meta: dict, positions: np.ndarray, radii: np.ndarray, size: int) -> torch.Tensor:
+    """A clip (T, 3, size, size) of ``meta``'s shape and colours at ``positions`` (T, 2) with
+    per-frame radii (T,), drawn as the dataset draws it."""
+    cover = np.stack([render_shape(meta["shape"], p[None], r, size, size)[0]
+                      for p, r in zip(positions, radii, strict=True)])  # (T, H, W)
+    bg = np.asarray(BACKGROUNDS[meta["background"]])[None, :, None, None]
+    fg = np.asarray(COLORS[meta["color"]])[None, :, None, None]
+    return torch.from_numpy((bg + cover[:, None] * (fg - bg)).astype(np.float32))
+
+
+def break_clip(item: dict, kind: str, rng: np.random.Generator) -> torch.Tensor:
+    """A real clip broken from its middle frame on the way generated long clips break."""
+    video, meta = item["video"], item["meta"]
+    T, _, size, _ = video.shape
+    half, pos, r = T // 2, meta["positions"], meta["radius"]
+    if kind == "missing":  # the object vanishes for one frame
+        out = video.clone()
+        out[half] = torch.tensor(BACKGROUNDS[meta["background"]]).view(3, 1, 1)
+        return out
+    if kind == "restart":  # the motion starts over: the first half twice
+        return torch.cat([video[:half], video[: T - half]])
+    if kind == "split":  # the object is cut at its centre, the halves moved 2 px apart each
+        out = video.clone()
+        for t in range(half, T):
+            cut = int(round(pos[t, 0]))
+            out[t] = torch.tensor(BACKGROUNDS[meta["background"]]).view(3, 1, 1)
+            out[t, :, :, : cut - 2] = video[t, :, :, 2:cut]
+            out[t, :, :, cut + 2:] = video[t, :, :, cut: size - 2]
+        return out
+    if kind == "teleport":  # the object jumps at least a quarter of the frame, then moves on
+        lo, hi = np.full(2, r), np.full(2, size - r)
+        start = pos[half]
+        while np.linalg.norm(start - pos[half]) < size / 4:
+            start = lo + rng.random(2) * (hi - lo)
+        velocity = np.array(DIRECTIONS[meta["direction"]]) * meta["speed_px"]
+        jumped = np.concatenate([pos[:half], trajectory(start, velocity, T - half, r, hi, True)])
+        return paint(meta, jumped, np.full(T, r), size)
+    if kind == "shrink":  # the object collapses to half its size
+        radii = np.concatenate([np.full(half, r), r * np.linspace(1.0, 0.5, T - half)])
+        return paint(meta, pos, radii, size)
+    raise ValueError(kind)
+
+
+def test_fold_mirrors_the_dataset_trajectory():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        start, velocity = rng.uniform(5, 27, 2), rng.uniform(-12, 12, 2)
+        lo, hi = 5.44, np.array([26.56, 30.0])
+        path = trajectory(start, velocity, 40, lo, hi, bounce=True)  # (40, 2)
+        u = start[None] + np.arange(40)[:, None] * velocity[None]
+        for axis in range(2):
+            np.testing.assert_allclose(fold(u[:, axis], lo, hi[axis]), path[:, axis], atol=1e-9)
+
+
+@pytest.mark.parametrize("frames,n", [(16, 48), (32, 24), (64, 16)])
+def test_real_bouncing_clips_are_judged_right_and_intact(frames, n):
+    items = clips(32, frames, seed=5, n=n, **BOUNCE)
+    results = [evaluate_video(it["video"], it["text"], travel_frames=3) for it in items]
+    acc = accuracies(results)
+    assert acc["intact"] == 1.0, [r["integrity"] for r in results if not r["intact"]]
+    for key in (*CHECKS, "all"):
+        assert acc[key] >= 0.95, (key, acc)
+    bounced = 0
+    for r, it in zip(results, items, strict=True):
+        truth = np.array(DIRECTIONS[it["meta"]["direction"]]) * it["meta"]["speed_px"]
+        first_step = it["meta"]["positions"][1] - it["meta"]["positions"][0]
+        if np.allclose(first_step, truth):  # else it met a wall before its second frame: unobservable
+            assert np.abs(np.array(r["velocity"]) - truth).max() < 0.3, (r["velocity"], truth)
+        assert r["travel"] == pytest.approx(np.linalg.norm(r["velocity"]) * 3)
+        assert r["integrity"]["max_path_error_px"] < 0.5 * r["integrity"]["path_tol_px"]
+        bounced += r["motion_model"] == "bounce" and r["bounces"] > 0
+    assert bounced == n  # at travel_frames=3 every 16+ frame clip meets a wall
+
+
+def test_the_straight_line_is_the_fit_of_clips_that_never_meet_a_wall():
+    for frames in (4, 12):
+        for it in clips(32, frames, seed=3, n=16):
+            _, _, objs = analyse_clip(it["video"])
+            motion = fit_motion(objs, 32, 32)
+            t = np.arange(frames, dtype=np.float64)
+            pos = np.array([[o.x, o.y] for o in objs])
+            slope = np.polyfit(t, pos, 1)[0]  # (2,): least-squares line per axis
+            assert motion.model == "line" and motion.bounces == 0
+            np.testing.assert_allclose(motion.velocity, slope, atol=1e-9)
+    # one bounce inside 4 frames is left to the line: too few frames to tell a wall from noise
+    it = clips(32, 4, seed=3, n=1, **BOUNCE)[0]
+    assert fit_motion(analyse_clip(it["video"])[2], 32, 32).model == "line"
+
+
+def test_travel_frames_sets_the_speed_scale_and_is_checked():
+    it = clips(32, 16, seed=7, n=1, speeds=["slow"], **BOUNCE)[0]
+    r3 = evaluate_video(it["video"], it["text"], travel_frames=3)
+    clip_scale = describe_video(it["video"])  # the share is now covered every 3 of 15 frames
+    assert r3["speed"] == "slow" and r3["speed_correct"] and r3["travel_frames"] == 3
+    assert clip_scale["travel_frames"] == 15 and clip_scale["travel"] == pytest.approx(5 * r3["travel"])
+    assert clip_scale["speed"] == "fast"
+    for bad in (0, -2, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="travel_frames"):
+            describe_video(it["video"], travel_frames=bad)
+    scored = score_clips([it["video"]], [it["text"]], travel_frames=3)
+    assert scored["results"][0]["speed"] == "slow" and scored["accuracy"]["intact"] == 1.0
+
+
+@pytest.mark.parametrize("kind,failing", [("missing", "whole"), ("split", "single"), ("teleport", "on_path"),
+                                          ("shrink", "size_stable"), ("restart", "on_path")])
+def test_integrity_fails_on_broken_long_clips(kind, failing):
+    items = clips(32, 16, seed=9, n=24, **BOUNCE)
+    rng = np.random.default_rng(0)
+    broken = [evaluate_video(break_clip(it, kind, rng), it["text"], travel_frames=3) for it in items]
+    failed = np.mean([not r["integrity"][failing] for r in broken])
+    intact = np.mean([r["intact"] for r in broken])
+    if kind == "restart":
+        # a replay that happens to continue a constant-speed bouncing path (the replay offset close
+        # to a bounce period) does not show as a restart: about 1 restart in 9 at 16 frames
+        assert failed >= 0.75 and intact <= 0.25, (failed, intact)
+    else:
+        assert failed == 1.0 and intact == 0.0, (failed, intact)
+    assert np.mean([r["all_correct"] for r in broken]) <= intact
+    accuracy = accuracies(broken)
+    assert accuracy["color"] == 1.0 and accuracy["background"] == 1.0  # only the integrity sees it
+
+
+def test_intact_is_required_for_all_correct_from_eight_frames():
+    for frames in (4, INTACT_MIN_FRAMES):
+        it = clips(32, frames, seed=4, n=1, directions=["right"])[0]
+        r = evaluate_video(break_clip(it, "missing", np.random.default_rng(0)), it["text"])
+        checks = [r[f"{k}_correct"] for k in CHECKS]
+        assert all(checks) and not r["intact"] and r["integrity"]["missing_frames"] == [frames // 2]
+        assert r["all_correct"] is (frames < INTACT_MIN_FRAMES)
+
+
+def rounded_square(centre: np.ndarray, half: float, corner: float, size: int) -> np.ndarray:
+    """Anti-aliased coverage (size, size) of an axis-aligned square with rounded corners."""
+    xy = np.arange(size) + 0.5
+    qx = np.abs(xy[None, :] - centre[0]) - (half - corner)
+    qy = np.abs(xy[:, None] - centre[1]) - (half - corner)
+    d = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - corner
+    return np.clip(0.5 - d, 0, 1)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_generated_looking_squares_circles_and_triangles(size):
+    """Blurred (sigma 0.5-1 px at 32x32), rounded (corner up to 30 % of the half side), noisy
+    shapes of several sizes at sub-pixel positions keep their names."""
+    rng = np.random.default_rng(size)
+    scale = size / 32
+    for kind in ("square", "rounded square", "circle", "triangle"):
+        seen = []
+        for half in np.repeat(np.array([4.0, 5.44, 7.0]) * scale, 12):
+            centre = size / 2 + rng.uniform(-4, 4, 2) * scale
+            if kind == "rounded square":
+                cover = rounded_square(centre, half, rng.uniform(0.1, 0.3) * half, size)
+            else:
+                cover = render_shape(kind, centre[None], half, size, size)[0]
+            cover = ndimage.gaussian_filter(cover, rng.uniform(0.5, 1.0) * scale)
+            fg, bg = np.array(COLORS["yellow"]), np.array(BACKGROUNDS["gray"])
+            frame = bg[:, None, None] + cover[None] * (fg - bg)[:, None, None]
+            frame = np.clip(frame + 0.05 * rng.standard_normal(frame.shape), 0, 1)
+            seen.append(analyse_frame(frame, bg).shape)
+        assert set(seen) == {kind.split()[-1]}, (kind, Counter(seen))
+
+
 def test_descriptor_is_documented_and_finite(real):
     d = clip_descriptor(real[0]["video"])
     assert d.shape == (len(DESCRIPTOR_NAMES),) == (20,) and np.isfinite(d).all()
@@ -185,12 +357,18 @@ def test_cli_eval_table_and_json(tmp_path, capsys):
     assert main(["eval", "--videos", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "00001.mp4  NO" in out and "00000.mp4  ok" in out and "skipped 00003.mp4" in out
-    assert "accuracy over 3 videos: color 0.667" in out
+    assert "accuracy over 3 videos: color 0.667" in out and "intact 1.000" in out
     assert main(["eval", "--videos", str(folder), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["file"] for r in report["results"]] == ["00000.mp4", "00001.mp4", "00002.mp4"]
     assert report["accuracy"]["color"] == pytest.approx(2 / 3) and report["accuracy"]["shape"] == 1.0
     assert report["results"][1]["color_correct"] is False
+    assert report["accuracy"]["intact"] == 1.0 and report["results"][0]["integrity"]["whole"] is True
+    assert main(["eval", "--videos", str(folder), "--travel-frames", "3"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["eval", "--videos", str(folder), "--travel-frames", "0"])
+    assert "--travel-frames: expected an integer >= 1" in capsys.readouterr().err
     assert main(["eval", "--videos", str(tmp_path / "nothing")]) == 2
 
 

@@ -1,6 +1,7 @@
-"""Evaluation without learned weights: judge shapes clips against their prompts
-(:func:`evaluate_video`) and compare sets of clips with a descriptor Fréchet distance
-(:func:`frechet_video_distance`). Imports no model code; see docs/evaluation.md.
+"""Evaluation without learned weights: judge shapes clips against their prompts and check that
+the object stays one whole, steady thing on one bouncing path (:func:`evaluate_video`), and compare
+sets of clips with a descriptor Fréchet distance (:func:`frechet_video_distance`). Imports no model
+code; see docs/evaluation.md.
 """
 
 from pyramidflow.eval.evaluator import accuracies, describe_video, evaluate_folder, evaluate_video

@@ -69,7 +69,8 @@ class Validator:
         out = Path(self.cfg.output_dir)
         folder = out / "samples" / f"step-{step:07d}"
         write_clips(folder, video, self.prompts, self.cfg.data.fps)
-        scores = score_clips(list(video), self.prompts, self.reference)
+        travel = self.cfg.data.travel_frames if self.cfg.data.source == "shapes" else None
+        scores = score_clips(list(video), self.prompts, self.reference, travel_frames=travel)
         flat = {k: v for k, v in scores["accuracy"].items() if isinstance(v, float)}
         flat["train_seconds"] = round(trainer.train_seconds, 2)
         if scores["frechet"] is not None:
