@@ -67,10 +67,11 @@ def run_demo(pipe: PyramidFlowPipeline, out_dir: str | Path, prompts: list[str] 
     sample_seconds = time.perf_counter() - started
     names = [f"{i:02d}_{slug(p)}" for i, p in enumerate(prompts)]
     write_clips(out / "clips", video, prompts, pipe.config.fps, names, sheet=out / "sheet.png")
-    scores = score_clips(list(video), prompts, reference_clips(pipe))
+    scores = score_clips(list(video), prompts, reference_clips(pipe), travel_frames=pipe.config.travel_frames)
     per_clip = [{"prompt": r["prompt"], "seen": {k: r[k] for k in ("color", "shape", "direction",
                                                                    "background")},
-                 **{f"{k}_correct": r[f"{k}_correct"] for k in ("color", "shape", "direction", "background")}}
+                 **{f"{k}_correct": r[f"{k}_correct"] for k in ("color", "shape", "direction", "background")},
+                 "intact": r["intact"]}
                 for r in scores["results"]]
     metrics = {"accuracy": scores["accuracy"], "frechet": scores["frechet"], "count": len(prompts),
                "sample_seconds": round(sample_seconds, 2), "seed": seed, "clips": per_clip}

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         metrics["train_seconds"], metrics["train_steps"] = round(train_seconds, 1), args.train_steps
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     acc = metrics["accuracy"]
-    shown = ", ".join(f"{k} {acc[k]:.2f}" for k in ("color", "shape", "direction", "background", "all"))
+    keys = ("color", "shape", "direction", "speed", "background", "intact", "all")
+    shown = ", ".join(f"{k} {acc[k]:.2f}" for k in keys if acc.get(k) is not None)
     fd = metrics["frechet"]
     print(f"demo: {metrics['count']} clips from {checkpoint} in {metrics['sample_seconds']:.1f} s -> {out}")
     print(f"accuracy: {shown}; Fréchet distance to real clips {fd:.3f}")
