@@ -38,3 +38,29 @@ def test_shipped_model_generates_the_prompted_colours_and_shapes():
     # the full demo measures colour 1.00 and shape >= 0.8 (docs/BENCHMARKS.md); a broken or
     # untrained checkpoint scores about 1/7 and 1/3
     assert acc["color"] >= 0.75 and acc["shape"] >= 0.5, acc
+
+
+def test_shipped_model_image_to_video_from_a_real_photograph():
+    """A photograph (not a shapes frame) as the first frame: it is kept exactly (resized on the
+    shorter side and centre-cropped), the clip goes on for the asked frames, and later frames show the
+    prompted object. (A model trained only on the shapes data does not continue the photograph's
+    content: docs/BENCHMARKS.md.)"""
+    from pathlib import Path
+
+    import matplotlib
+    import numpy as np
+
+    from pyramidflow.pipelines.images import load_image
+
+    photo = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    pipe = PyramidFlowPipeline.from_pretrained(DEFAULT_CHECKPOINT)
+    cfg = pipe.config
+    out = pipe("a red circle moving slowly left on a black background", image=photo, num_frames=8, seed=0,
+               progress=False).frames[0]  # (T, H, W, 3) uint8
+    assert out.shape == (8, cfg.height, cfg.width, 3)
+    crop = load_image(photo, cfg.height, cfg.width).mul(255).round().permute(1, 2, 0).numpy()  # (H, W, 3)
+    assert np.abs(out[0].astype(np.int16) - crop).max() <= 1  # the photograph itself, up to rounding
+    assert crop.std() > 20  # a real picture, not a flat frame
+    later = torch.from_numpy(out[1:]).permute(0, 3, 1, 2).float() / 255
+    acc = score_clips([later], ["a red circle moving slowly left on a black background"])["accuracy"]
+    assert acc["color"] == 1.0, acc
