@@ -235,8 +235,8 @@ def test_the_page_builds_and_shows_errors_as_messages(registry, tmp_path):
     values = control_values(registry.info("shapes-tiny"))
     assert values["height"] == dict(value=32, minimum=16, maximum=128, step=16)
     assert values["first_steps"]["visible"] and not values["negative"]["visible"]
-    table = settings_markdown({"prompt": "a | b", "steps": [1, 2, 3], "image": None})
-    assert "| prompt | a &#124; b |" in table and "| steps | 1-2-3 |" in table and "image" not in table
+    shown = settings_markdown({"prompt": "a <b> *c*", "steps": [1, 2, 3], "first_steps": None})
+    assert shown == "**prompt** a &lt;b&gt; &#42;c&#42; · **steps** 1-2-3"
 
 
 def test_app_command_errors_are_one_line(tmp_path, capsys):

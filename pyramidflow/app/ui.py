@@ -24,7 +24,7 @@ INTRO = ("Pyramidal flow matching for video generation. Pick a model and a mode,
 # System fonts only: the page must not fetch anything from outside the server.
 FONTS = ["ui-sans-serif", "system-ui", "DejaVu Sans", "sans-serif"]
 MONO = ["ui-monospace", "DejaVu Sans Mono", "monospace"]
-CSS = "#result-video video, #result-image img { image-rendering: pixelated; }"
+CSS = "#result-video video, #result-image img, #gallery video, #gallery img { image-rendering: pixelated; }"
 MAX_GALLERY = 48
 
 
@@ -49,8 +49,7 @@ def control_values(info: ModelInfo) -> dict[str, dict]:
     size = dict(minimum=info.size_step, maximum=info.max_size, step=info.size_step)
     return {
         "about": dict(value=info.summary()),
-        "frames": dict(value=info.frames, minimum=info.frame_values[0], maximum=info.max_frames,
-                       info=f"valid: {shown} (at most {info.max_frames})"),
+        "frames": dict(value=info.frames, info=f"valid: {shown} (at most {info.max_frames})"),
         "height": dict(value=info.height, **size),
         "width": dict(value=info.width, **size),
         "steps": dict(value=",".join(map(str, info.steps)),
@@ -64,14 +63,15 @@ def control_values(info: ModelInfo) -> dict[str, dict]:
 
 
 def settings_markdown(settings: dict) -> str:
-    """The settings of a result as a small two-column table."""
-    rows = []
+    """The settings of a result, compact: ``**key** value · ...`` (escaped)."""
+    parts = []
     for key, value in settings.items():
         if value is None or value == "":
             continue
         shown = "-".join(map(str, value)) if isinstance(value, list) else value
-        rows.append(f"| {key.replace('_', ' ')} | {html.escape(str(shown)).replace('|', '&#124;')} |")
-    return "| setting | value |\n|---|---|\n" + "\n".join(rows)
+        shown = html.escape(str(shown)).replace("*", "&#42;").replace("_", "&#95;")
+        parts.append(f"**{key.replace('_', ' ')}** {shown}")
+    return " · ".join(parts)
 
 
 def build_app(registry: ModelRegistry, out_dir: str | Path):
@@ -127,7 +127,7 @@ def build_app(registry: ModelRegistry, out_dir: str | Path):
                                  buttons=["download"], elem_id="result-image", format="png")
                 settings = gr.Markdown(elem_id="settings")
         gallery = gr.Gallery(label="This session (newest first)", columns=8, height=220, elem_id="gallery",
-                             object_fit="contain", interactive=False, allow_preview=True)
+                             object_fit="contain", interactive=False, allow_preview=True, fit_columns=False)
 
         controls = [about, frames, height, width, steps, first_steps, guidance, video_guidance, negative]
 
@@ -138,7 +138,7 @@ def build_app(registry: ModelRegistry, out_dir: str | Path):
                 raise _error(err) from None
             return [gr.update(**values[key]) for key in CONTROLS]
 
-        model.change(on_model, model, controls, queue=False)
+        model.change(on_model, model, controls)
 
         def on_tab(chosen):
             one = chosen == "text-to-image"
@@ -146,7 +146,7 @@ def build_app(registry: ModelRegistry, out_dir: str | Path):
 
         tabs = ((tab_t2v, "text-to-video"), (tab_i2v, "image-to-video"), (tab_t2i, "text-to-image"))
         for tab, name in tabs:
-            tab.select(lambda name=name: on_tab(name), None, [mode, frames, video_guidance], queue=False)
+            tab.select(lambda name=name: on_tab(name), None, [mode, frames, video_guidance])
 
         def on_upload(path):
             if path is None:
@@ -156,7 +156,7 @@ def build_app(registry: ModelRegistry, out_dir: str | Path):
             except Exception as err:
                 raise _error(err) from None
 
-        upload.change(on_upload, upload, preview, queue=False)
+        upload.change(on_upload, upload, preview)
 
         def on_generate(name, chosen, text, neg, n, h, w, st, fst, g, vg, s, rnd, img, past,
                         progress=gr.Progress()):  # noqa: B008 (Gradio fills it in per call)
