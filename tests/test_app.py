@@ -249,6 +249,14 @@ def test_app_command_errors_are_one_line(tmp_path, capsys):
     assert "--checkpoint DIR" in capsys.readouterr().out
 
 
+def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    assert main(["app", "--port", "7999"]) == 2
+    assert 'pip install -e ".[app]"' in capsys.readouterr().err
+
+
 def test_the_command_line_loads_neither_gradio_nor_torch():
     """``pyramidflow --help`` stays fast with the app command registered."""
     import subprocess
