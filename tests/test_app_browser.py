@@ -61,7 +61,7 @@ SAMPLE_FRAMES = """async ([selector, wanted]) => {
 
 def _missing() -> list[str]:
     missing = [] if Path(CHROMIUM).is_file() else ["chromium (apt-get install chromium)"]
-    for module, how in (("playwright", "pip install playwright"), ("gradio", 'pip install -e ".[app]"')):
+    for module, how in (("playwright", 'pip install -e ".[browser]"'), ("gradio", 'pip install -e ".[app]"')):
         try:
             __import__(module)
         except ImportError:
@@ -122,7 +122,8 @@ def browser(server):
 
     driver = sync_playwright().start()
     chromium = driver.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                      args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+                                      args=["--no-sandbox", "--disable-dev-shm-usage",
+                                            "--autoplay-policy=no-user-gesture-required"])
     yield chromium
     chromium.close()
     driver.stop()
