@@ -249,6 +249,19 @@ def test_app_command_errors_are_one_line(tmp_path, capsys):
     assert "--checkpoint DIR" in capsys.readouterr().out
 
 
+def test_a_busy_port_is_one_line(capsys):
+    import socket
+
+    need_gradio()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["app", "--port", str(port), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "choose another with --port" in err, err
+
+
 def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys):
     import sys
 

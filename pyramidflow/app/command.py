@@ -29,6 +29,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
-    launch(args.checkpoint, host=args.host, port=args.port, out_dir=args.out, device=args.device,
-           quiet=args.quiet)
+    try:
+        launch(args.checkpoint, host=args.host, port=args.port, out_dir=args.out, device=args.device,
+               quiet=args.quiet)
+    except OSError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        reason = err.strerror or "the port is in use or not allowed"
+        raise ValueError(f"cannot serve on {args.host}:{args.port}: {reason}; choose another with --port") \
+            from None
     return 0

@@ -171,8 +171,9 @@ class ModelRegistry:
                     device = "cuda" if torch.cuda.is_available() else "cpu"
                 try:
                     pipe = PyramidFlowPipeline.from_pretrained(entry.path, device=device)
-                except (OSError, KeyError, ValueError) as err:
-                    raise AppError(f"cannot load model {name} from {entry.path}: {err}") from err
+                except Exception as err:  # any failure to load is a sentence, the app goes on
+                    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise AppError(f"cannot load model {name} from {entry.path}: {message}") from err
                 self._infos[name] = model_info(name, pipe)
                 self._pipes[name] = pipe
             return self._pipes[name]

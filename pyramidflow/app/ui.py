@@ -163,7 +163,7 @@ def build_app(registry: ModelRegistry, out_dir: str | Path):
             request = Request(model=name, prompt=text, mode=chosen, negative_prompt=neg, frames=n, height=h,
                               width=w, steps=st, first_steps=fst, guidance=g, video_guidance=vg, seed=s,
                               random_seed=rnd, image=img)
-            progress(0, desc="queued")
+            progress(0, desc="starting")
             try:
                 result = generate(registry, request, out_dir,
                                   on_step=lambda i, total: progress(i / total, desc=f"step {i}/{total}"))
