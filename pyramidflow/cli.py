@@ -1,6 +1,7 @@
 """The ``pyramidflow`` command line.
 
-Each subcommand lives in its own module under :mod:`pyramidflow.commands` and exposes
+Each subcommand lives in its own module under :mod:`pyramidflow.commands` (the web app's in
+:mod:`pyramidflow.app.command`, since nothing below the command line imports the app) and exposes
 ``register(subparsers)``; it adds a parser and sets ``func`` to a handler ``func(args) -> int``.
 Handlers import heavy modules lazily so that ``pyramidflow --help`` stays fast.
 """
@@ -24,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pyramidflow.commands.train",
     "pyramidflow.commands.sample",
     "pyramidflow.commands.demo",
+    "pyramidflow.app.command",
 )
 
 # Exceptions that mean "bad input": printed as one line, exit status 2.

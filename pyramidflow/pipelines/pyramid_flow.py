@@ -15,6 +15,12 @@ Generation follows the model's temporal mode (docs/maths.md section 7):
   frame and ``video_guidance_scale`` on the rest.
 
 ``num_frames=1`` is text-to-image in both modes.
+
+Progress: ``callback_on_step_end(pipe, step_index, total_steps, info)`` is called after every network
+evaluation (one Euler step of one unit or of the whole clip, both guidance branches together);
+``step_index`` counts from 0 to ``total_steps - 1`` over the whole call and ``info`` holds ``stage``
+(int), ``unit`` (autoregressive: the unit being generated, else None) and ``sigma`` (the (B,) tensor
+the network was evaluated at). Its return value is ignored; raising from it stops the generation.
 """
 
 from __future__ import annotations
@@ -164,8 +170,12 @@ class PyramidFlowPipeline:
         use_cache: bool = True,
         output_type: str = "np",
         progress: bool = True,
+        callback_on_step_end: Callable | None = None,
     ) -> PyramidFlowOutput:
-        """Generate one clip per prompt. Unset arguments take the model's saved defaults."""
+        """Generate one clip per prompt. Unset arguments take the model's saved defaults.
+
+        ``callback_on_step_end(pipe, step_index, total_steps, info)``: see the module docstring.
+        """
         cfg, s = self.config, self.config.sampling
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -195,7 +205,8 @@ class PyramidFlowPipeline:
                 raise PyramidflowError("image-to-video needs an autoregressive model (temporal.mode: "
                                        "autoregressive); this one generates full sequences")
             prefix = [self.encode_image(image, height, width).expand(len(prompts), -1, -1, -1, -1)]
-        bar = _Progress(progress, self._evaluations(shape, steps, first, len(prefix)))
+        bar = _Progress(progress, self._evaluations(shape, steps, first, len(prefix)),
+                        callback_on_step_end and (lambda *a: callback_on_step_end(self, *a)))
         if ar:
             f = cfg.temporal.frames_per_unit
             both = torch.cat([null.expand_as(text), text]) if guided else text
@@ -224,17 +235,25 @@ class PyramidFlowPipeline:
 
 
 class _Progress:
-    """A tqdm bar ticked once per network evaluation."""
+    """A tqdm bar ticked once per network evaluation, and the step callback called there too.
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    ``callback(step_index, total, info)``; ``info``: ``stage``, ``unit`` and ``sigma`` of the evaluation.
+    """
+
+    def __init__(self, enabled: bool, total: int, callback: Callable | None = None) -> None:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, disable=not enabled, desc="sample", dynamic_ncols=True)
+        self.total, self.callback, self.done = total, callback, 0
 
     def wrap(self, fn: Callable) -> Callable:
-        def f(*args):
-            out = fn(*args)
+        def f(x, sigma, stage, *rest):
+            out = fn(x, sigma, stage, *rest)
             self.bar.update(1)
+            if self.callback is not None:
+                unit = rest[1] if len(rest) > 1 else None  # autoregressive: (history, unit)
+                self.callback(self.done, self.total, {"stage": stage, "unit": unit, "sigma": sigma})
+            self.done += 1
             return out
 
         return f
