@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 
 from pyramidflow.errors import PyramidflowError
 
@@ -27,14 +29,18 @@ def float_list(text: str, name: str) -> tuple[float, ...]:
         raise PyramidflowError(f"--{name} must be numbers like 0.6,0.3,0, got {text!r}") from None
 
 
-def add_run_arguments(p, example: str) -> None:
-    """The options every training command shares: --config, --out, --max-steps, --resume, --set."""
+def add_run_arguments(p, example: str, key_example: str) -> None:
+    """The options every training command shares: --config, --out, --max-steps, --resume, --overwrite,
+    --set (``key_example``: a key=value of this command's config, shown in the help)."""
     p.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
     p.add_argument("--out", default=None, help="output directory (overrides output_dir)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
+    p.add_argument("--resume", default=None, help="'latest' (the newest undamaged checkpoint of --out) or "
+                   "a checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an output directory that "
+                   "holds another run, removing that run's checkpoints and outputs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=3e-4 (repeatable; a unique last part "
+                   help=f"override a config key, e.g. --set {key_example} (repeatable; a unique last part "
                    "of a key is enough, e.g. --set checkpoint_every=500)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -47,6 +53,23 @@ def run_overrides(args, max_steps_key: str) -> list[str]:
     if args.max_steps is not None:
         overrides.append(f"{max_steps_key}={args.max_steps}")
     return overrides
+
+
+def run_training(command: str, train: Callable[[], dict]) -> int:
+    """Run ``train()`` for a training command: a ``done:`` line and 0; one line and 1 when the loss
+    diverged; one line and 128 + the signal's number (130 SIGINT, 143 SIGTERM) when interrupted."""
+    from pyramidflow.training.trainer import TrainingDiverged, TrainingInterrupted
+
+    try:
+        result = train()
+    except TrainingDiverged as err:
+        print(f"pyramidflow {command}: {err}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as err:
+        print(f"pyramidflow {command}: {err}", file=sys.stderr)
+        return 128 + err.signum
+    report(result)
+    return 0
 
 
 def report(result: dict) -> None:

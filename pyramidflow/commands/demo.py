@@ -48,7 +48,7 @@ def _train(out: Path, steps: int, quiet: bool, config: str | None, extra: list[s
                  *extra]
     cfg = load_config(TrainConfig, preset, overrides)
     started = time.perf_counter()
-    train_from_config(cfg, validate=False)
+    train_from_config(cfg, validate=False, overwrite=True)  # --train always starts from scratch
     return model_dir / "pipeline", time.perf_counter() - started
 
 
