@@ -2,8 +2,8 @@
 
 Layout of ``OUT/checkpoint-STEP/``::
 
-    meta.json                    step, data position, extra (JSON), what was saved, and ``files``:
-                                 the sha256 and size of every other file (written last)
+    meta.json                    step, data position, extra (JSON), what was saved, ``files``: the
+                                 sha256 and size of every other file, and its own sha256 (written last)
     NAME/                        each model via ``save_pretrained`` (diffusers layout, safetensors)
     ema_NAME/ or ema_NAME.pt     EMA copy (a ModelMixin) or an EMA object's ``state_dict``
     optimizer_NAME.pt            ``optimizer.state_dict()`` (plain tensors and numbers)
@@ -27,6 +27,8 @@ only tensors and plain Python values.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
@@ -137,7 +139,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     step = meta.get("step") if isinstance(meta, dict) else None
     if isinstance(step, bool) or not isinstance(step, int):
         raise DamagedFileError(f"{file} is damaged: it holds no step number")
+    if "meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta):
+        raise DamagedFileError(f"{file} is damaged (its sha256 differs from the one recorded in it)")
     return meta
+
+
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    """sha256 of ``meta.json``'s content but this digest itself (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def verify_checkpoint(path: str | Path, only: tuple[str, ...] | None = None) -> bool:
@@ -265,6 +275,7 @@ def save_checkpoint(
         saved = _write_all(tmp, models, optimizers, schedulers, ema, rng)
         meta = {"step": step, "data_position": data_position, "extra": dict(extra or {}), "saved": saved,
                 "files": file_manifest(tmp, sync=True)}
+        meta["meta_sha256"] = _meta_digest(meta)
         write_json(tmp / META, meta, sync=True)
         fsync_path(tmp)
     except BaseException as err:  # KeyboardInterrupt too: never leave a half-written folder behind
