@@ -29,6 +29,31 @@ def float_list(text: str, name: str) -> tuple[float, ...]:
         raise PyramidflowError(f"--{name} must be numbers like 0.6,0.3,0, got {text!r}") from None
 
 
+def parse_device(name: str | None):
+    """``--device`` as a ``torch.device`` (None: cuda if available, else cpu); one line for a name
+    that is not a device or a device this machine lacks."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PyramidflowError(f"--device {name!r} is not a device; valid: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise PyramidflowError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PyramidflowError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                                   f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PyramidflowError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PyramidflowError(f"--device {name}: only cpu, cuda and mps are supported")
+    return dev
+
+
 def add_run_arguments(p, example: str, key_example: str) -> None:
     """The options every training command shares: --config, --out, --max-steps, --resume, --overwrite,
     --set (``key_example``: a key=value of this command's config, shown in the help)."""

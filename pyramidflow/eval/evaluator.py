@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pyramidflow.data.vocab import DIRECTIONS, MOVING_DIRECTIONS, SPEEDS, parse_prompt
+from pyramidflow.data.vocab import DIRECTIONS, MOVING_DIRECTIONS, SPEEDS, is_shapes_prompt, parse_prompt
 from pyramidflow.eval.detect import FrameObject, analyse_clip, classify_shape
 
 STILL_TRAVEL = 0.1  # fitted travel over the clip, as a share of the frame side, below which it is "still"
@@ -106,34 +106,39 @@ def evaluate_video(video, prompt: str) -> dict:
     Returns the description (:func:`describe_video`), the parsed ``prompt`` attributes, and
     ``color_correct``, ``shape_correct``, ``direction_correct``, ``speed_correct``,
     ``background_correct`` (``None`` where the prompt does not name the attribute; the speed
-    check only for moving prompts) and ``all_correct`` over the checks that apply.
+    check only for moving prompts) and ``all_correct`` over the checks that apply. A prompt that
+    is not a shapes prompt (:func:`is_shapes_prompt`: it names no shape) gets ``shapes_prompt``
+    False and every check ``None``: the evaluator knows only the shapes dataset.
     """
     seen = describe_video(video)
     asked = parse_prompt(prompt)
-    result = {"prompt": prompt, "asked": asked, **seen}
+    applies = is_shapes_prompt(prompt)
+    result = {"prompt": prompt, "asked": asked, "shapes_prompt": applies, **seen}
     for key in CHECKS:
-        want = asked[key]
+        want = asked[key] if applies else None
         if key == "speed" and asked["direction"] in (None, "still"):
             want = None
         if key == "direction" and seen["frames"] == 1:
             want = None  # an image has no motion to judge
         result[f"{key}_correct"] = None if want is None else seen[key] == want
     applied = [result[f"{k}_correct"] for k in CHECKS if result[f"{k}_correct"] is not None]
-    result["all_correct"] = bool(applied) and all(applied)
+    result["all_correct"] = (bool(applied) and all(applied)) if applies else None
     return result
 
 
 def accuracies(results: Iterable[dict]) -> dict[str, float | None]:
     """Share of correct checks per attribute (over the results where it applies), ``all``, and the
-    mean temporal consistency."""
+    mean temporal consistency, over the clips with shapes prompts (``scored`` of ``count``; all
+    ``None`` when there is none: the checks mean nothing for other footage)."""
     results = list(results)
+    scored = [r for r in results if r.get("shapes_prompt", True)]
     out: dict[str, float | None] = {}
     for key in (*CHECKS, "all"):
-        vals = [r[f"{key}_correct"] for r in results if r.get(f"{key}_correct") is not None]
+        vals = [r[f"{key}_correct"] for r in scored if r.get(f"{key}_correct") is not None]
         out[key] = float(np.mean(vals)) if vals else None
-    consistency = [r["temporal_consistency"] for r in results]
-    out["temporal_consistency"] = float(np.mean(consistency)) if results else None
-    out["count"] = len(results)
+    consistency = [r["temporal_consistency"] for r in scored]
+    out["temporal_consistency"] = float(np.mean(consistency)) if scored else None
+    out["count"], out["scored"] = len(results), len(scored)
     return out
 
 

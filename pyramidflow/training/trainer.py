@@ -72,8 +72,9 @@ class TrainingInterrupted(RuntimeError):
 
 
 def example_generator(seed: int, step: int, index: int, device="cpu") -> torch.Generator:
-    """The generator of one example of one step (independent of processes and accumulation)."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 65_537 + index)
+    """The generator of one example of one step (independent of processes and accumulation; the seed
+    wraps at 64 bits, which leaves every seed that fits unchanged)."""
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 65_537 + index) % 2**64)
 
 
 class Trainer:
@@ -136,7 +137,7 @@ class Trainer:
             epoch, offset = divmod(pos, n)
             perm = self._perm_cache.get(epoch)
             if perm is None:
-                gen = torch.Generator().manual_seed(self.loop.seed * 7919 + epoch)
+                gen = torch.Generator().manual_seed((self.loop.seed * 7919 + epoch) % 2**64)
                 perm = torch.randperm(n, generator=gen).tolist()
                 self._perm_cache = {epoch: perm}
             out.append(perm[offset])
