@@ -103,10 +103,10 @@ def write_json(path: str | Path, data: Any, sync: bool = False) -> None:
             os.fsync(fh.fileno())
 
 
-def write_checksums(root: str | Path) -> Path:
-    """Record every file under a saved model folder in ``root/checksums.json``."""
+def write_checksums(root: str | Path, exclude: Iterable[str] = ()) -> Path:
+    """Record every file under a saved model folder (but ``exclude``) in ``root/checksums.json``."""
     root = Path(root)
-    write_json(root / CHECKSUMS, {"files": file_manifest(root, exclude=[CHECKSUMS])})
+    write_json(root / CHECKSUMS, {"files": file_manifest(root, exclude=[CHECKSUMS, *exclude])})
     return root / CHECKSUMS
 
 

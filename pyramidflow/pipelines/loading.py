@@ -7,7 +7,8 @@ A saved pipeline (diffusers-style layout)::
     text_encoder/        the text encoder (embedded: weights + vocab.json)
     vae/                 latent-space models only
 
-    checksums.json       sha256 and size of every file (pipelines saved before it existed load too)
+    checksums.json       sha256 and size of every other file but model_index.json (whose generation
+                         defaults may be edited by hand); pipelines saved before it existed load too
 
 A training checkpoint (``OUT/checkpoint-STEP``, see :mod:`pyramidflow.io.checkpoint`) carries its
 whole training config as a plain dict in ``meta.json``; the pipeline's part of it is read by
@@ -164,5 +165,5 @@ def save_pipeline(pipe, path: Path, weights_dtype: torch.dtype | None = None) ->
         index[name] = None if skip else _save_component(module, path / name, weights_dtype)
     index["config"] = to_dict(pipe.config)
     write_json(path / INDEX, index)
-    write_checksums(path)
+    write_checksums(path, exclude=[INDEX])  # the generation defaults in it stay editable by hand
     return path
