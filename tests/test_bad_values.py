@@ -130,3 +130,12 @@ def test_train_vae_help_suggests_a_key_that_exists(capsys):
         assert len(suggested) == 2, suggested
         for item in suggested:
             load_config(cls, None, [item])  # every suggested key=value is valid for that command
+
+
+def test_documented_where_users_look():
+    """Reproduces: training on a latent cache was undocumented; cache-latents lacked --fps/--stride."""
+    training = (ROOT / "docs" / "training.md").read_text()
+    assert "data.source: latents" in training and "cache-latents" in training
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert {"--fps", "--stride"} <= set(sub["cache-latents"]._option_string_actions)
+    assert all("--overwrite" in sub[c]._option_string_actions for c in ("train", "train-vae"))

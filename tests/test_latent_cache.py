@@ -135,9 +135,11 @@ def test_unreadable_files_are_left_out_never_duplicated(tmp_path, vae, capsys):
             write_video(tmp_path / name, torch.full((5, 3, 8, 8), i / 10), fps=8)
         rows.append({"video": name, "text": f"clip {i}"})
     manifest = write_manifest(tmp_path / "m.jsonl", rows)
-    with pytest.warns(SkippedInputWarning, match="v1.mp4"):
+    with pytest.warns(SkippedInputWarning) as seen:  # one per unreadable file
         data = ManifestDataset(manifest, frames=5, size=8)
         result = build_latent_cache(data, vae, tmp_path / "c", shard_size=4, show_progress=False)
+    named = sorted(str(w.message).split("/")[-1].split(":")[0] for w in seen)
+    assert named == [f"v{i}.mp4" for i in (1, 3, 5, 7, 9)]
     assert [u["index"] for u in result["unreadable"]] == [1, 3, 5, 7, 9]
     assert result["unreadable"][0]["path"].endswith("v1.mp4") and result["unreadable"][0]["reason"] == "empty"
     cache = lc.LatentCacheDataset(tmp_path / "c", verify=True)

@@ -83,25 +83,25 @@ def run_overrides(args, max_steps_key: str) -> list[str]:
 def run_training(command: str, train: Callable[[], dict]) -> int:
     """Run ``train()`` for a training command: a ``done:`` line and 0; one line and 1 when the loss
     diverged; one line and 128 + the signal's number (130 SIGINT, 143 SIGTERM) when interrupted."""
+    from pyramidflow.io.run_dir import is_main_process
     from pyramidflow.training.trainer import TrainingDiverged, TrainingInterrupted
 
     try:
         result = train()
-    except TrainingDiverged as err:
-        print(f"pyramidflow {command}: {err}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as err:
-        print(f"pyramidflow {command}: {err}", file=sys.stderr)
-        return 128 + err.signum
+    except (TrainingDiverged, TrainingInterrupted) as err:
+        if is_main_process():
+            print(f"pyramidflow {command}: {err}", file=sys.stderr)
+        return 128 + err.signum if isinstance(err, TrainingInterrupted) else 1
     report(result)
     return 0
 
 
+
 def report(result: dict) -> None:
     """One ``done:`` line (from the main process only when launched with several)."""
-    import os
+    from pyramidflow.io.run_dir import is_main_process
 
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     print(f"done: {shown}")

@@ -23,11 +23,11 @@ RUN_OUTPUTS = ("pipeline", "vae", "samples", "logs", "metrics.jsonl", "final_met
 def claim_run_dir(out_dir: str | Path, resume: str | None = None, overwrite: bool = False,
                   main_process: bool | None = None) -> None:
     """Check (and with ``overwrite`` clear) ``out_dir`` for a run; see the module docstring. Only
-    the ``main_process`` (default: ``RANK`` 0 of a launcher, or a lone process) removes files; every
-    process raises the same errors."""
+    the ``main_process`` (default: :func:`is_main_process`) removes files; every process raises the
+    same errors."""
     out_dir = Path(out_dir)
     if main_process is None:
-        main_process = int(os.environ.get("RANK", "0")) == 0
+        main_process = is_main_process()
     if resume and overwrite:
         raise PyramidflowError("--overwrite starts a new run and removes the old one; it cannot be combined "
                                "with --resume")
@@ -41,6 +41,11 @@ def claim_run_dir(out_dir: str | Path, resume: str | None = None, overwrite: boo
                                "--resume latest, replace it with --overwrite, or choose another folder")
     if main_process:
         clear_run_dir(out_dir)
+
+
+def is_main_process() -> bool:
+    """A lone process, or rank 0 of a multi-process launch (``RANK`` set by torchrun / accelerate)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def clear_run_dir(out_dir: str | Path) -> list[Path]:

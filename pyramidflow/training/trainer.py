@@ -63,12 +63,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped the run after a step and a checkpoint; ``signum``, ``step``, ``path``."""
+    """SIGINT or SIGTERM stopped the run after a step and its checkpoint; ``signum``, ``step``, ``path``."""
 
-    def __init__(self, signum: int, step: int, path: Path | None) -> None:
+    def __init__(self, signum: int, step: int, path: Path) -> None:
         self.signum, self.step, self.path = signum, step, path
-        saved = f"saved {path}; continue with --resume latest" if path else "no checkpoint was written"
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; {saved}")
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; saved {path}; "
+                         "continue with --resume latest")
 
 
 def example_generator(seed: int, step: int, index: int, device="cpu") -> torch.Generator:
@@ -394,11 +394,11 @@ class Trainer:
                 self.log(stats)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
             stop = self._stop_signal()
-            periodic = loop.checkpoint_every and self.step % loop.checkpoint_every == 0
-            path = self.save() if stop or periodic else None
+            if stop or (loop.checkpoint_every and self.step % loop.checkpoint_every == 0):
+                self.save()
             if stop:
                 bar.close()
-                raise TrainingInterrupted(stop, self.step, path)
+                raise TrainingInterrupted(stop, self.step, self.out_dir / f"checkpoint-{self.step}")
             if loop.validate_every and self.step % loop.validate_every == 0:
                 self.validate()
         bar.close()
