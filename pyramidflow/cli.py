@@ -9,8 +9,10 @@ Handlers import heavy modules lazily so that ``pyramidflow --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+import warnings
 
 from pyramidflow import __version__
 
@@ -30,6 +32,17 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 # Exceptions that mean "bad input": printed as one line, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """The project's warnings as one line each (others keep Python's format)."""
+    if category.__module__.startswith("pyramidflow"):
+        return f"pyramidflow: warning: {message}\n"
+    return _python_format(message, category, filename, lineno, line)
+
+
+_python_format = warnings.formatwarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,12 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _format_warning
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"pyramidflow {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"pyramidflow {args.command}: error: no space left on the disk{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"pyramidflow {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        warnings.formatwarning = _python_format
 
 
 if __name__ == "__main__":

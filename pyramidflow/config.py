@@ -18,6 +18,25 @@ import yaml
 from pyramidflow.errors import PyramidflowError
 
 T = TypeVar("T")
+SEED_MAX = 2**63 - 1  # seeds are stored in torch generators (64 bits); larger ones are refused
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as a seed: an integer in [0, SEED_MAX]; a one-line error naming the range otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise PyramidflowError(f"{name} must be an integer from 0 to 2**63 - 1 ({SEED_MAX}), got {value!r}")
+    return value
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> Python values; a one-line error naming ``where`` and the line for bad YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise PyramidflowError(f"{where}: invalid YAML{at}: {problem}") from None
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -122,7 +141,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         if "=" not in item:
             raise PyramidflowError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw, f"--set {item}") if raw != "" else ""
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -188,7 +207,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PyramidflowError(f"{path}: not a text file (a YAML config was expected)") from None
+        loaded = parse_yaml(text, str(path)) or {}
         if not isinstance(loaded, dict):
             raise PyramidflowError(f"{path}: the top level must be a mapping of config keys")
         _check_keys(cls, loaded)

@@ -2,6 +2,7 @@
 files skipped with one warning and counted, manifests, workers, and the data CLI."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -128,19 +129,37 @@ def test_check_reports_every_file(media):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_manifest_rows_relative_paths_and_bad_rows(media, tmp_path, suffix):
+    """Relative paths stay inside the manifest's folder (``../`` out of it is refused, row by row);
+    absolute paths are used as written."""
+    outside = tmp_path / "outside.mp4"  # exists, but out of the manifest's folder
+    outside.write_bytes((media / "count24.mp4").read_bytes())
     rows = [{"video": str(media / "count24.mp4"), "text": "absolute"},
-            {"video": "../" + media.name + "/anim.gif", "text": "relative"},
-            {"video": "nowhere.mp4", "text": "missing"}]
-    manifest = write_manifest(media.parent / f"sub{suffix[1:]}" / f"m{suffix}", rows)
+            {"video": "anim.gif", "text": "relative"},
+            {"video": "nowhere.mp4", "text": "missing"},
+            {"video": os.path.relpath(outside, media), "text": "escapes"},
+            {"video": f"../{media.name}/still.png", "text": "inside after .."}]
+    manifest = write_manifest(media / f"m{suffix}", rows)
     if suffix == ".jsonl":
         with open(manifest, "a") as fh:
             fh.write("{broken json\n")
-    with pytest.warns(SkippedInputWarning, match="nowhere.mp4"):
+    with pytest.warns(SkippedInputWarning, match="outside the manifest's folder.*write an absolute path"):
         ds = ManifestDataset(manifest, frames=6, size=16, fps=8)
-    assert len(ds) == 2 and [ds[0]["text"], ds[1]["text"]] == ["absolute", "relative"]
+    assert len(ds) == 3 and [ds[i]["text"] for i in range(3)] == ["absolute", "relative", "inside after .."]
     assert ds[1]["video"].shape == (6, 3, 16, 16)
-    expected = {"missing": 1} | ({"malformed row": 1} if suffix == ".jsonl" else {})
+    expected = {"missing": 1, "outside the manifest's folder": 1}
+    expected |= {"malformed row": 1} if suffix == ".jsonl" else {}
     assert ds.skipped.reasons() == expected
+
+
+@pytest.mark.parametrize("caption", [3, ["a", "b"], None, {"text": "x"}])
+def test_manifest_captions_must_be_strings(media, caption):
+    """Reproduces: a non-string caption was silently read as ""."""
+    manifest = media.parent / "captions.jsonl"
+    manifest.write_text(json.dumps({"video": f"{media.name}/anim.gif", "text": "fine"}) + "\n"
+                        + json.dumps({"video": f"{media.name}/banner.mp4", "caption": caption}) + "\n")
+    with pytest.raises(PyramidflowError, match=rf"{manifest}:2: the caption \('caption'\) must be a string"):
+        ManifestDataset(manifest, frames=4, size=16)
+    assert main(["data", "check", "--manifest", str(manifest), "--frames", "4", "--size", "16"]) == 2
 
 
 def test_workers_decode_in_parallel(media):

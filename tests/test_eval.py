@@ -372,6 +372,29 @@ def test_cli_eval_table_and_json(tmp_path, capsys):
     assert main(["eval", "--videos", str(tmp_path / "nothing")]) == 2
 
 
+def test_prompts_that_are_not_shapes_prompts_are_not_scored(tmp_path, capsys):
+    """Reproduces: the shapes evaluator's accuracies were printed for real footage, where they mean
+    nothing (its colours and directions come from a detector of one shape on a plain background)."""
+    folder = tmp_path / "gen"
+    make = ["data", "make-shapes", "--out", str(folder), "--num", "3", "--frames", "4", "--size", "32"]
+    assert main(make) == 0
+    (folder / "00001.txt").write_text("a red car driving left along a gray road\n")
+    capsys.readouterr()
+    assert main(["eval", "--videos", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "not a shapes prompt: not scored" in out
+    assert "accuracy over 2 videos (1 without a shapes prompt not scored)" in out
+    for name in ("00000.txt", "00002.txt"):
+        (folder / name).write_text("a dog running on the beach at sunset\n")
+    assert main(["eval", "--videos", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "none of the 3 videos has a shapes prompt" in out and "accuracy over" not in out
+    report = evaluate_video(torch.zeros(4, 3, 32, 32), "a red car driving left on a gray road")
+    assert report["shapes_prompt"] is False and report["color_correct"] is report["all_correct"] is None
+    acc = accuracies([report])
+    assert acc["scored"] == 0 and acc["color"] is None and acc["temporal_consistency"] is None
+
+
 def test_data_io_and_eval_import_no_model_code():
     import subprocess
     import sys

@@ -116,3 +116,41 @@ def test_cache_latents_command(tmp_path, vae, monkeypatch, capsys):
     assert len(lc.LatentCacheDataset(tmp_path / "c", verify=True)) == 3
     assert cli.main([*args, "--frames", "4"]) == 2
     assert "valid: 1, 5, 9" in capsys.readouterr().err
+
+
+def test_unreadable_files_are_left_out_never_duplicated(tmp_path, vae, capsys):
+    """Reproduces: cache-latents filled the slots of unreadable files with copies of other clips
+    (5 of 10 items were duplicates)."""
+    from pyramidflow import cli
+    from pyramidflow.data.manifest import ManifestDataset, write_manifest
+    from pyramidflow.data.video import SkippedInputWarning
+    from pyramidflow.io import write_video
+
+    rows = []
+    for i in range(10):
+        name = f"v{i}.mp4"
+        if i % 2:
+            (tmp_path / name).write_bytes(b"")  # unreadable
+        else:
+            write_video(tmp_path / name, torch.full((5, 3, 8, 8), i / 10), fps=8)
+        rows.append({"video": name, "text": f"clip {i}"})
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    with pytest.warns(SkippedInputWarning) as seen:  # one per unreadable file
+        data = ManifestDataset(manifest, frames=5, size=8)
+        result = build_latent_cache(data, vae, tmp_path / "c", shard_size=4, show_progress=False)
+    named = sorted(str(w.message).split("/")[-1].split(":")[0] for w in seen)
+    assert named == [f"v{i}.mp4" for i in (1, 3, 5, 7, 9)]
+    assert [u["index"] for u in result["unreadable"]] == [1, 3, 5, 7, 9]
+    assert result["unreadable"][0]["path"].endswith("v1.mp4") and result["unreadable"][0]["reason"] == "empty"
+    cache = lc.LatentCacheDataset(tmp_path / "c", verify=True)
+    assert sorted(cache.caption(i) for i in range(len(cache))) == [f"clip {i}" for i in (0, 2, 4, 6, 8)]
+    assert len({cache[i]["source"] for i in range(len(cache))}) == len(cache) == 5
+    vae.save_pretrained(tmp_path / "vae")
+    args = ["cache-latents", "--manifest", str(manifest), "--vae", str(tmp_path / "vae"), "--out",
+            str(tmp_path / "c2"), "--frames", "5", "--height", "8", "--width", "8", "--fps", "8",
+            "--stride", "4", "--quiet"]
+    with pytest.warns(SkippedInputWarning):
+        assert cli.main(args) == 0
+    assert "left out 5 unreadable files" in capsys.readouterr().out
+    header = lc.LatentCacheDataset(tmp_path / "c2").header
+    assert header["fps"] == 8 and header["stride"] == 4 and len(lc.LatentCacheDataset(tmp_path / "c2")) == 5

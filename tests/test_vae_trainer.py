@@ -123,7 +123,7 @@ def test_discriminator_and_perceptual_paths(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "gan" not in lines[0] and {"gan", "disc", "perceptual"} <= set(lines[1])
     assert (tmp_path / "run" / "checkpoint-2" / "discriminator" / "config.json").is_file()
-    cfg.loss.perceptual_model = str(tmp_path / "missing")
+    cfg.loss.perceptual_model, cfg.output_dir = str(tmp_path / "missing"), str(tmp_path / "run2")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         vae_trainer.train_vae(cfg, Squares(4), None, show_progress=False)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 
 from pyramidflow.errors import PyramidflowError
 
@@ -27,14 +29,43 @@ def float_list(text: str, name: str) -> tuple[float, ...]:
         raise PyramidflowError(f"--{name} must be numbers like 0.6,0.3,0, got {text!r}") from None
 
 
-def add_run_arguments(p, example: str) -> None:
-    """The options every training command shares: --config, --out, --max-steps, --resume, --set."""
+def parse_device(name: str | None):
+    """``--device`` as a ``torch.device`` (None: cuda if available, else cpu); one line for a name
+    that is not a device or a device this machine lacks."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise PyramidflowError(f"--device {name!r} is not a device; valid: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise PyramidflowError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PyramidflowError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                                   f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PyramidflowError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PyramidflowError(f"--device {name}: only cpu, cuda and mps are supported")
+    return dev
+
+
+def add_run_arguments(p, example: str, key_example: str) -> None:
+    """The options every training command shares: --config, --out, --max-steps, --resume, --overwrite,
+    --set (``key_example``: a key=value of this command's config, shown in the help)."""
     p.add_argument("--config", required=True, help=f"YAML preset, e.g. {example}")
     p.add_argument("--out", default=None, help="output directory (overrides output_dir)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
+    p.add_argument("--resume", default=None, help="'latest' (the newest undamaged checkpoint of --out) or "
+                   "a checkpoint directory")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an output directory that "
+                   "holds another run, removing that run's checkpoints and outputs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=3e-4 (repeatable; a unique last part "
+                   help=f"override a config key, e.g. --set {key_example} (repeatable; a unique last part "
                    "of a key is enough, e.g. --set checkpoint_every=500)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -49,11 +80,28 @@ def run_overrides(args, max_steps_key: str) -> list[str]:
     return overrides
 
 
+def run_training(command: str, train: Callable[[], dict]) -> int:
+    """Run ``train()`` for a training command: a ``done:`` line and 0; one line and 1 when the loss
+    diverged; one line and 128 + the signal's number (130 SIGINT, 143 SIGTERM) when interrupted."""
+    from pyramidflow.io.run_dir import is_main_process
+    from pyramidflow.training.trainer import TrainingDiverged, TrainingInterrupted
+
+    try:
+        result = train()
+    except (TrainingDiverged, TrainingInterrupted) as err:
+        if is_main_process():
+            print(f"pyramidflow {command}: {err}", file=sys.stderr)
+        return 128 + err.signum if isinstance(err, TrainingInterrupted) else 1
+    report(result)
+    return 0
+
+
+
 def report(result: dict) -> None:
     """One ``done:`` line (from the main process only when launched with several)."""
-    import os
+    from pyramidflow.io.run_dir import is_main_process
 
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
     print(f"done: {shown}")

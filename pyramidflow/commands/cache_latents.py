@@ -10,8 +10,9 @@ def register(subparsers) -> None:
         "cache-latents",
         help="encode a manifest of videos into safetensors latent shards (+ captions)",
         description="Encode every clip of a manifest with a VAE (this project's or a diffusers "
-        "AutoencoderKLWan folder) into checksummed safetensors shards plus index.json. Re-running "
-        "skips finished shards; run several processes with --num-workers N --worker-id i.",
+        "AutoencoderKLWan folder) into checksummed safetensors shards plus index.json. Unreadable files "
+        "are left out (one warning each), never replaced by another clip. Re-running skips finished "
+        "shards; run several processes with --num-workers N --worker-id i.",
     )
     p.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and captions")
     p.add_argument("--vae", required=True, help="VAE folder: train-vae's OUT/vae or a Wan VAE")
@@ -19,6 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (1 + k*temporal compression)")
     p.add_argument("--height", type=int, default=None, help="frame height (x spatial compression)")
     p.add_argument("--width", type=int, default=None, help="frame width")
+    p.add_argument("--fps", type=float, default=None, help="resample clips to this frame rate (default: "
+                   "each file's own)")
+    p.add_argument("--stride", type=int, default=None, help="several clips per file, this many frames apart "
+                   "(default: one clip from the start of each file)")
     p.add_argument("--shard-size", type=int, default=64, help="clips per shard (default 64)")
     p.add_argument("--num-workers", type=int, default=1, help="processes sharing the work")
     p.add_argument("--worker-id", type=int, default=0, help="this process's id, 0..num-workers-1")
@@ -30,22 +35,23 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from pyramidflow.commands._parse import parse_device
     from pyramidflow.models.vae import load_vae
     from pyramidflow.training.vae.cache import build_latent_cache
     from pyramidflow.training.vae.data import manifest_clips, text_encode_fn
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae = load_vae(args.vae).to(device)
+    dev = parse_device(args.device)
+    vae = load_vae(args.vae).to(dev)
     frames, height, width = args.frames, args.height, args.width
     if frames is not None:
         vae.check_frames(frames)
     if height is not None and width is not None:
         vae.check_size(height, width)
-    dataset = manifest_clips(args.manifest, frames=frames, height=height, width=width)
-    text = text_encode_fn(args.text_encoder, device) if args.text_encoder else None
-    extra = {"manifest": str(args.manifest), "frames": frames, "height": height, "width": width}
+    dataset = manifest_clips(args.manifest, frames=frames, height=height, width=width, fps=args.fps,
+                             stride=args.stride)
+    text = text_encode_fn(args.text_encoder, dev) if args.text_encoder else None
+    extra = {"manifest": str(args.manifest), "frames": frames, "height": height, "width": width,
+             "fps": args.fps, "stride": args.stride}
     result = build_latent_cache(
         dataset,
         vae,
@@ -58,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
         header_extra=extra,
         show_progress=not args.quiet,
     )
-    index = result["index"]
+    index, skips = result["index"], getattr(dataset, "skipped", None)
+    bad = skips.count if skips is not None else len(result["unreadable"])  # files, found early or late
+    left_out = f"; left out {bad} unreadable files (warnings above)" if bad else ""
     print(
-        f"worker {args.worker_id}: wrote {len(result['written'])} shards, skipped {len(result['skipped'])}; "
-        f"cache has {len(index['shards'])}/{index['num_shards']} shards, {index['num_items']} clips "
-        f"({'complete' if index['complete'] else 'incomplete'}) in {args.out}"
+        f"worker {args.worker_id}: wrote {len(result['written'])} shards, skipped {len(result['skipped'])} "
+        f"complete ones{left_out}; cache has {len(index['shards'])}/{index['num_shards']} shards, "
+        f"{index['num_items']} clips ({'complete' if index['complete'] else 'incomplete'}) in {args.out}"
     )
     return 0

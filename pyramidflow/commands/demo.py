@@ -48,15 +48,14 @@ def _train(out: Path, steps: int, quiet: bool, config: str | None, extra: list[s
                  *extra]
     cfg = load_config(TrainConfig, preset, overrides)
     started = time.perf_counter()
-    train_from_config(cfg, validate=False)
+    train_from_config(cfg, validate=False, overwrite=True)  # --train always starts from scratch
     return model_dir / "pipeline", time.perf_counter() - started
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
+    from pyramidflow.commands._parse import parse_device
     from pyramidflow.demo import DEFAULT_CHECKPOINT, run_demo
     from pyramidflow.pipelines import PyramidFlowPipeline
 
@@ -67,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint, train_seconds = _train(out, args.train_steps, args.quiet, args.config, args.overrides)
     if not checkpoint.exists():
         raise FileNotFoundError(f"no model at {checkpoint}: pass --checkpoint DIR or --train")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = PyramidFlowPipeline.from_pretrained(checkpoint, device=device)
+    pipe = PyramidFlowPipeline.from_pretrained(checkpoint, device=parse_device(args.device))
     metrics = run_demo(pipe, out, seed=args.seed, progress=not args.quiet)
     metrics["checkpoint"] = str(checkpoint)
     if train_seconds is not None:

@@ -24,7 +24,9 @@ def register(subparsers) -> None:
         "eval",
         help="judge generated shapes videos against their prompts",
         description="Evaluate every video/GIF/image in DIR against the prompt in its same-named .txt "
-        "file with the weight-free shapes evaluator (docs/evaluation.md); print a table or JSON.",
+        "file with the weight-free shapes evaluator (docs/evaluation.md); print a table or JSON. Only "
+        "shapes prompts (naming a circle, square or triangle) are scored: other footage is listed, "
+        "not judged.",
     )
     p.add_argument("--videos", required=True, metavar="DIR", help="folder of videos with .txt prompts")
     p.add_argument("--travel-frames", type=_positive_int, default=None, metavar="N",
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [("file", *COLUMNS, "intact", "consistency", "seen")]
     for r in report["results"]:
+        if not r["shapes_prompt"]:
+            rows.append((r["file"], *("-" for _ in COLUMNS), "-", "(not a shapes prompt: not scored)"))
+            continue
         seen = " ".join(str(r[k]) for k in ("color", "shape", "direction") if r[k]) + f" / {r['background']}"
         rows.append((r["file"], *(_mark(r[f"{k}_correct"]) for k in COLUMNS), _mark(r["intact"]),
                      f"{r['temporal_consistency']:.3f}", seen))
@@ -57,7 +62,13 @@ def run(args: argparse.Namespace) -> int:
     parts = [f"{k} {acc[k]:.3f}" for k in (*COLUMNS, "all", "intact") if acc[k] is not None]
     if acc["temporal_consistency"] is not None:
         parts.append(f"consistency {acc['temporal_consistency']:.3f}")
-    print(f"accuracy over {acc['count']} videos: " + ", ".join(parts))
+    if not acc["scored"]:
+        print(f"none of the {acc['count']} videos has a shapes prompt (naming a circle, square or triangle): "
+              "the shapes evaluator's scores would mean nothing for them")
+    else:
+        others = acc["count"] - acc["scored"]
+        note = f" ({others} without a shapes prompt not scored)" if others else ""
+        print(f"accuracy over {acc['scored']} videos{note}: " + ", ".join(parts))
     for s in report["skipped"]:
         print(f"skipped {s['file']}: {s['reason']}")
     return 0

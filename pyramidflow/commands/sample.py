@@ -35,18 +35,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from pyramidflow.commands._parse import int_list
+    from pyramidflow.commands._parse import int_list, parse_device
     from pyramidflow.io import write_video
     from pyramidflow.pipelines import PyramidFlowPipeline
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif", ".png", ".jpg", ".jpeg"):
         raise ValueError(f"--out {out.name}: valid suffixes are .mp4, .gif, .png, .jpg")
-    steps = int_list(args.steps, "steps") if args.steps else None
-    first = int_list(args.first_steps, "first-steps") if args.first_steps else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steps = int_list(args.steps, "steps") if args.steps is not None else None
+    first = int_list(args.first_steps, "first-steps") if args.first_steps is not None else None
+    device = parse_device(args.device)
     pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=device, use_ema=not args.raw)
     result = pipe(args.prompt, num_frames=args.frames, height=args.height, width=args.width,
                   image=args.image, num_inference_steps=steps, first_steps=first,

@@ -17,7 +17,6 @@ This module imports no model: encoding happens in ``pyramidflow cache-latents``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.io.checksums import sha256
 
 INDEX = "index.json"
 FORMAT_VERSION = 1
@@ -50,14 +50,6 @@ def shards_for_worker(num_shards: int, worker_id: int, num_workers: int) -> list
     if num_workers < 1 or not 0 <= worker_id < num_workers:
         raise PyramidflowError(f"worker id must be in 0..{num_workers - 1}, got {worker_id} of {num_workers}")
     return list(range(worker_id, num_shards, num_workers))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

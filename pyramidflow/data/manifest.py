@@ -2,15 +2,21 @@
 
 JSONL: one object per line, e.g. ``{"video": "clips/a.mp4", "text": "a dog running"}``; CSV: a
 header row with ``video`` and ``text`` columns. ``path``/``file`` are accepted for ``video`` and
-``caption``/``prompt`` for ``text``. Relative paths are relative to the manifest's folder. A
-malformed row, or one naming a missing file, is skipped with a warning and counted like a bad
-video (see :mod:`pyramidflow.data.video`).
+``caption``/``prompt`` for ``text``.
+
+Paths: a relative path is relative to the manifest's folder and must stay inside it (``../`` that
+leads out of it is refused: the row is skipped with a warning saying so); an absolute path is used
+as written, the explicit way to list files elsewhere. A malformed row, or one naming a missing file,
+is skipped with a warning and counted like a bad video (see :mod:`pyramidflow.data.video`). A
+caption that is not a string (a number, a list, null) is an error naming the row: silently training
+on ``""`` or on ``"[1, 2]"`` would be worse.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from pyramidflow.data.video import Entry, SkipLog, VideoClipDataset
@@ -22,6 +28,22 @@ TEXT_KEYS = ("text", "caption", "prompt")
 
 def _field(row: dict, keys: tuple[str, ...]):
     return next((row[k] for k in keys if isinstance(row.get(k), str)), None)
+
+
+def _caption(row: dict, where: str) -> str:
+    key = next((k for k in TEXT_KEYS if k in row), None)
+    if key is None:
+        return ""
+    if not isinstance(row[key], str):
+        raise PyramidflowError(f"{where}: the caption ({key!r}) must be a string, got "
+                               f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}")
+    return row[key].strip()
+
+
+def _inside(folder: Path, relative: str) -> bool:
+    """Does ``folder / relative`` stay inside ``folder`` (after ``..``; symlinks are not followed)?"""
+    root = os.path.normpath(os.path.abspath(folder))
+    return os.path.normpath(os.path.join(root, relative)).startswith(root + os.sep)
 
 
 def read_manifest(manifest, skips: SkipLog) -> list[Entry]:
@@ -51,11 +73,17 @@ def read_manifest(manifest, skips: SkipLog) -> list[Entry]:
         if not video:
             skips.add(f"{path}:{line_no}", "malformed row", f"needs a '{VIDEO_KEYS[0]}' path")
             continue
+        text = _caption(row, f"{path}:{line_no}")
+        if not Path(video).is_absolute() and not _inside(path.parent, video):
+            skips.add(f"{path}:{line_no}", "outside the manifest's folder",
+                      f"{video!r}: relative paths must stay inside {path.parent}; write an absolute path "
+                      "to use a file elsewhere")
+            continue
         file = Path(video) if Path(video).is_absolute() else path.parent / video
         if not file.is_file():
             skips.add(str(file), "missing", f"listed on line {line_no} of {path.name}")
             continue
-        entries.append(Entry(str(file), (_field(row, TEXT_KEYS) or "").strip()))
+        entries.append(Entry(str(file), text))
     return entries
 
 

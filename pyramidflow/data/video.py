@@ -156,19 +156,31 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 "source_width": info.width, "source_height": info.height, "kind": info.kind}
         return {"video": video, "text": entry.text, "path": entry.path, "meta": meta}
 
+    def path_of(self, index: int) -> str:
+        """The file clip ``index`` comes from."""
+        return self.entries[self.clips[index][0]].path
+
+    def clip(self, index: int) -> dict | None:
+        """Clip ``index`` itself, or None when its file is unreadable (then it is in ``skipped``).
+        Unlike ``ds[index]`` there is no substitute: for tools that must not duplicate clips."""
+        k, start = self.clips[index]
+        entry = self.entries[k]
+        if entry.path in self.skipped.files:
+            return None
+        try:
+            return self.load(entry, start)
+        except VideoReadError as err:
+            self.skipped.add(entry.path, err.reason, err.detail)
+            return None
+
     def __getitem__(self, index: int) -> dict:
         n = len(self.clips)
         if n == 0:
             raise PyramidflowError(f"no usable clips ({self.skipped.count} files skipped)")
         for step in range(n):  # the clip asked for, else the next usable one
-            k, start = self.clips[(index + step) % n]
-            entry = self.entries[k]
-            if entry.path in self.skipped.files:
-                continue
-            try:
-                return self.load(entry, start)
-            except VideoReadError as err:
-                self.skipped.add(entry.path, err.reason, err.detail)
+            item = self.clip((index + step) % n)
+            if item is not None:
+                return item
         raise PyramidflowError(f"no usable clips: all {self.skipped.count} files were skipped")
 
     def check(self) -> dict:

@@ -153,3 +153,9 @@ def parse_prompt(text: str) -> dict[str, str | None]:
         "direction": direction,
         "speed": speed,
     }
+
+
+def is_shapes_prompt(text: str) -> bool:
+    """Does ``text`` describe a clip of the shapes dataset (does it name one of :data:`SHAPES`)?
+    The shapes evaluator's checks mean something only for such prompts."""
+    return parse_prompt(text)["shape"] is not None

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pyramidflow.data.vocab import DIRECTIONS, MOVING_DIRECTIONS, SPEEDS, parse_prompt
+from pyramidflow.data.vocab import DIRECTIONS, MOVING_DIRECTIONS, SPEEDS, is_shapes_prompt, parse_prompt
 from pyramidflow.eval.detect import analyse_clip, classify_shape
 from pyramidflow.eval.integrity import INTACT_MIN_FRAMES, check_integrity
 from pyramidflow.eval.motion import fit_motion
@@ -123,13 +123,16 @@ def evaluate_video(video, prompt: str, travel_frames: int | None = None) -> dict
     parsed ``prompt`` attributes, and ``color_correct``, ``shape_correct``, ``direction_correct``,
     ``speed_correct``, ``background_correct`` (``None`` where the prompt does not name the
     attribute; the speed check only for moving prompts) and ``all_correct``: every check that
-    applies, and for clips of ``INTACT_MIN_FRAMES`` or more frames an intact clip.
+    applies, and for clips of ``INTACT_MIN_FRAMES`` or more frames an intact clip. A prompt that
+    is not a shapes prompt (:func:`is_shapes_prompt`: it names no shape) gets ``shapes_prompt``
+    False and every check ``None``: the evaluator knows only the shapes dataset.
     """
     seen = describe_video(video, travel_frames)
     asked = parse_prompt(prompt)
-    result = {"prompt": prompt, "asked": asked, **seen}
+    applies = is_shapes_prompt(prompt)
+    result = {"prompt": prompt, "asked": asked, "shapes_prompt": applies, **seen}
     for key in CHECKS:
-        want = asked[key]
+        want = asked[key] if applies else None
         if key == "speed" and asked["direction"] in (None, "still"):
             want = None
         if key == "direction" and seen["frames"] == 1:
@@ -138,23 +141,26 @@ def evaluate_video(video, prompt: str, travel_frames: int | None = None) -> dict
     applied = [result[f"{k}_correct"] for k in CHECKS if result[f"{k}_correct"] is not None]
     if seen["frames"] >= INTACT_MIN_FRAMES:
         applied.append(seen["intact"])
-    result["all_correct"] = bool(applied) and all(applied)
+    result["all_correct"] = (bool(applied) and all(applied)) if applies else None
     return result
 
 
 def accuracies(results: Iterable[dict]) -> dict[str, float | None]:
     """Share of correct checks per attribute (over the results where it applies), ``all``, the
-    share of ``intact`` clips, and the mean temporal consistency."""
+    share of ``intact`` clips, and the mean temporal consistency, over the clips with shapes prompts
+    (``scored`` of ``count``; all ``None`` when there is none: the checks mean nothing for other
+    footage)."""
     results = list(results)
+    scored = [r for r in results if r.get("shapes_prompt", True)]
     out: dict[str, float | None] = {}
     for key in (*CHECKS, "all"):
-        vals = [r[f"{key}_correct"] for r in results if r.get(f"{key}_correct") is not None]
+        vals = [r[f"{key}_correct"] for r in scored if r.get(f"{key}_correct") is not None]
         out[key] = float(np.mean(vals)) if vals else None
-    intact = [r["intact"] for r in results if "intact" in r]
+    intact = [r["intact"] for r in scored if "intact" in r]
     out["intact"] = float(np.mean(intact)) if intact else None
-    consistency = [r["temporal_consistency"] for r in results]
-    out["temporal_consistency"] = float(np.mean(consistency)) if results else None
-    out["count"] = len(results)
+    consistency = [r["temporal_consistency"] for r in scored]
+    out["temporal_consistency"] = float(np.mean(consistency)) if scored else None
+    out["count"], out["scored"] = len(results), len(scored)
     return out
 
 

@@ -1,5 +1,6 @@
 """Files: write mp4 (H.264) / GIF / images, read any video back, contact sheets, folders of clips,
-and the training checkpoint format (:mod:`pyramidflow.io.checkpoint`).
+the training checkpoint format (:mod:`pyramidflow.io.checkpoint`), file checksums and durable writes
+(:mod:`pyramidflow.io.checksums`) and who may write into a run folder (:mod:`pyramidflow.io.run_dir`).
 
 Imports no model code.
 """

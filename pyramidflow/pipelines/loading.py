@@ -7,57 +7,80 @@ A saved pipeline (diffusers-style layout)::
     text_encoder/        the text encoder (embedded: weights + vocab.json)
     vae/                 latent-space models only
 
+    checksums.json       sha256 and size of every other file but model_index.json (whose generation
+                         defaults may be edited by hand); pipelines saved before it existed load too
+
 A training checkpoint (``OUT/checkpoint-STEP``, see :mod:`pyramidflow.io.checkpoint`) carries its
 whole training config as a plain dict in ``meta.json``; the pipeline's part of it is read by
 :meth:`PipelineConfig.from_train_dict` (and the text encoder / VAE locations from the same dict), so
 loading needs nothing from training. Its EMA weights are used by default. A training output folder
-resolves to its newest checkpoint.
+resolves to its newest checkpoint that is not damaged (with a warning for any passed over).
+
+Every file read is first checked against the recorded checksums; a damaged, truncated or
+unreadable file is a one-line :class:`DamagedFileError` naming it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from pyramidflow import __version__
 from pyramidflow.config import from_dict, to_dict
-from pyramidflow.errors import PyramidflowError
-from pyramidflow.io.checkpoint import resolve_checkpoint
+from pyramidflow.errors import DamagedFileError, PyramidflowError
+from pyramidflow.io.checkpoint import load_newest, read_meta, verify_checkpoint
+from pyramidflow.io.checksums import read_json, verify_checksums, write_checksums, write_json
 from pyramidflow.models import PyramidDiT, load_text_encoder
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.pipelines.config import PipelineConfig
 
 INDEX = "model_index.json"
 COMPONENTS = ("transformer", "text_encoder", "vae")
+T = TypeVar("T")
 
 
 def _weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
+def _read(folder: Path, load: Callable[[], T]) -> T:
+    """``load()`` a component saved in ``folder``; a file it cannot read becomes one line naming it."""
+    try:
+        return load()
+    except (PyramidflowError, FileNotFoundError):  # already one line naming what is missing
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DamagedFileError(f"{folder} cannot be loaded: a file is missing, truncated or damaged "
+                               f"({reason[:200]})") from None
+
+
 def _from_index(path: Path):
-    index = json.loads((path / INDEX).read_text())
-    if index.get("_class_name") != "PyramidFlowPipeline":
-        raise PyramidflowError(f"{path / INDEX} describes {index.get('_class_name')!r}, "
-                               "not a PyramidFlowPipeline")
+    index = read_json(path / INDEX)
+    if not isinstance(index, dict) or index.get("_class_name") != "PyramidFlowPipeline":
+        name = index.get("_class_name") if isinstance(index, dict) else None
+        raise PyramidflowError(f"{path / INDEX} describes {name!r}, not a PyramidFlowPipeline")
     config = from_dict(PipelineConfig, index.get("config", {}))
     for name in ("transformer", "text_encoder") + (("vae",) if config.space == "latent" else ()):
         if not _weights(path / name):
             raise FileNotFoundError(f"incomplete pipeline {path}: {name}/ has no config.json and "
                                     "safetensors weights")
-    transformer = PyramidDiT.from_pretrained(path / "transformer", torch_dtype=torch.float32)
-    text_encoder = load_text_encoder(path / "text_encoder")
-    vae = load_vae(path / "vae") if config.space == "latent" else None
+    verify_checksums(path)
+    transformer = _read(path / "transformer",
+                        lambda: PyramidDiT.from_pretrained(path / "transformer", torch_dtype=torch.float32))
+    text_encoder = _read(path / "text_encoder", lambda: load_text_encoder(path / "text_encoder"))
+    vae = _read(path / "vae", lambda: load_vae(path / "vae")) if config.space == "latent" else None
     return transformer, text_encoder.float(), vae, config
 
 
 def _train_config(ckpt: Path) -> dict:
-    meta = json.loads((ckpt / "meta.json").read_text())
-    train = meta.get("extra", {}).get("config")
+    extra = read_meta(ckpt).get("extra")
+    train = extra.get("config") if isinstance(extra, dict) else None
     if not isinstance(train, dict):
         raise PyramidflowError(f"{ckpt}: this checkpoint holds no training config (it was not written by "
                                "pyramidflow train)")
@@ -79,17 +102,18 @@ def _from_checkpoint(ckpt: Path, use_ema: bool):
     if folder is None:
         raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no transformer weights "
                                 "(transformer/ or ema_transformer/ with config.json and safetensors)")
-    transformer = PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32)
     text_folder = pick("text_encoder")
     if text_folder is None and not text_cfg.get("path"):
         raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no text_encoder/ weights and the config "
                                 "names no text_encoder.path")
+    verify_checkpoint(ckpt, only=tuple(f"{f.name}/" for f in (folder, text_folder) if f is not None))
+    transformer = _read(folder, lambda: PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32))
     if text_folder is not None:
-        text_encoder = load_text_encoder(text_folder)
+        text_encoder = _read(text_folder, lambda: load_text_encoder(text_folder))
     else:
         text_encoder = load_text_encoder(text_cfg["path"], max_length=text_cfg.get("max_length"),
                                          cache_dir=text_cfg.get("cache_dir"))
-    vae = load_vae(train["vae"]) if config.space == "latent" else None
+    vae = _read(Path(train["vae"]), lambda: load_vae(train["vae"])) if config.space == "latent" else None
     return transformer, text_encoder, vae, config
 
 
@@ -101,11 +125,11 @@ def load_pipeline_parts(path: Path, use_ema: bool = True):
         return _from_index(path)
     if (path / "meta.json").is_file():
         return _from_checkpoint(path, use_ema)
-    latest = resolve_checkpoint(path, "latest") if path.is_dir() else None
-    if latest is None:
+    found = load_newest(path, lambda ckpt: _from_checkpoint(ckpt, use_ema)) if path.is_dir() else None
+    if found is None:
         raise FileNotFoundError(f"{path} is not a pipeline ({INDEX}), a checkpoint (meta.json) or a "
                                 "training output folder (checkpoint-STEP/ inside)")
-    return _from_checkpoint(latest, use_ema)
+    return found[1]
 
 
 def _save_component(module, folder: Path, dtype: torch.dtype | None) -> list[str]:
@@ -140,5 +164,6 @@ def save_pipeline(pipe, path: Path, weights_dtype: torch.dtype | None = None) ->
         skip = module is None or isinstance(module, PixelSpace)  # pixel space has nothing to save
         index[name] = None if skip else _save_component(module, path / name, weights_dtype)
     index["config"] = to_dict(pipe.config)
-    (path / INDEX).write_text(json.dumps(index, indent=2))
+    write_json(path / INDEX, index)
+    write_checksums(path, exclude=[INDEX])  # the generation defaults in it stay editable by hand
     return path

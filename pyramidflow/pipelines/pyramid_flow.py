@@ -37,6 +37,7 @@ from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae import PixelSpace, frames_to_model, model_to_frames
 from pyramidflow.models.velocity import UnitVelocity
 from pyramidflow.pipelines.autoregressive import generate_units
+from pyramidflow.pipelines.checks import check_request, prompt_list, warn_unknown_words
 from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pipelines.images import load_image
@@ -177,18 +178,19 @@ class PyramidFlowPipeline:
         ``callback_on_step_end(pipe, step_index, total_steps, info)``: see the module docstring.
         """
         cfg, s = self.config, self.config.sampling
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise PyramidflowError("give at least one prompt")
+        prompts = prompt_list(prompt)
         if output_type not in ("np", "pt"):
             raise PyramidflowError(f"output_type must be 'np' or 'pt', got {output_type!r}")
         num_frames = cfg.frames if num_frames is None else int(num_frames)
-        height, width = height or cfg.height, width or cfg.width
-        steps = tuple(num_inference_steps or s.steps)
-        first = tuple(first_steps or s.first_steps or steps)
+        height = cfg.height if height is None else int(height)
+        width = cfg.width if width is None else int(width)
+        steps = tuple(s.steps if num_inference_steps is None else num_inference_steps)
+        first = tuple(first_steps if first_steps is not None else (s.first_steps or steps))
         w_first = s.guidance if guidance_scale is None else float(guidance_scale)
         w_rest = video_guidance_scale if video_guidance_scale is not None else s.video_guidance
         w_rest = w_first if w_rest is None else float(w_rest)
+        check_request(num_frames, w_first, w_rest, seed)
+        warn_unknown_words(self.text_encoder, prompts)
         shape = self.model_shape(len(prompts), num_frames, height, width)
         ar = cfg.temporal.autoregressive
         unit = (*shape[:2], cfg.temporal.frames_per_unit, *shape[3:]) if ar else shape

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import yaml
 
 from pyramidflow.config import to_dict
 from pyramidflow.data.sources import captions, clip_dataset, with_images
-from pyramidflow.errors import PyramidflowError
+from pyramidflow.errors import PyramidflowError, PyramidflowWarning
 from pyramidflow.models import EmbeddedTextEncoder, PyramidDiT, load_text_encoder
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.training.config import ModelConfig, TextEncoderConfig, TrainConfig
@@ -93,6 +94,19 @@ def check_cache_matches(dataset, vae) -> None:
                                "set vae: to the folder the cache was encoded with")
 
 
+def warn_cache_size(dataset, data) -> None:
+    """One warning when ``data.frames/height/width/fps`` (the pipeline's default clip) differ from the
+    clips a latent cache was encoded at."""
+    header = dataset.header
+    keys = ("frames", "height", "width", "fps")
+    differ = [f"data.{key}={getattr(data, key)} (cache: {header[key]})" for key in keys
+              if header.get(key) is not None and header[key] != getattr(data, key)]
+    if differ:
+        warnings.warn(f"the latent cache's clips differ from the config: {', '.join(differ)}; these "
+                      "settings are the trained pipeline's default clip for sampling", PyramidflowWarning,
+                      stacklevel=2)
+
+
 def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
     """Data, text encoder and transformer of an experiment (weights seeded by ``loop.seed``)."""
     cfg.check()
@@ -113,6 +127,7 @@ def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
             ) from err
         if cfg.data.source == "latents":  # already encoded (and normalised) by this VAE
             check_cache_matches(dataset, autoencoder)
+            warn_cache_size(dataset, cfg.data)
             encoded = True
         else:
             autoencoder.check_frames(cfg.data.frames)

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyramidflow.config import from_dict
+from pyramidflow.config import check_seed, from_dict
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.pipelines.config import SPACES, SamplingConfig
 from pyramidflow.pyramid.config import PyramidConfig, TemporalConfig
@@ -112,6 +112,8 @@ class TrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def check(self) -> None:
+        check_seed(self.loop.seed, "loop.seed")
+        check_seed(self.data.seed, "data.seed")
         if self.space not in SPACES:
             raise PyramidflowError(f"unknown space {self.space!r}; valid: {', '.join(SPACES)}")
         if self.space == "latent" and not self.vae:

@@ -19,6 +19,7 @@ from pyramidflow.config import to_dict
 from pyramidflow.data.sources import clip_dataset
 from pyramidflow.eval import score_clips
 from pyramidflow.io import write_clips
+from pyramidflow.io.run_dir import claim_run_dir
 from pyramidflow.models.vae import model_to_frames
 from pyramidflow.pipelines import PipelineConfig, PyramidFlowPipeline
 from pyramidflow.training.build import Components, build_components, make_trainer
@@ -80,8 +81,12 @@ class Validator:
 
 
 def train_from_config(cfg: TrainConfig, resume: str | None = None, validate: bool = True,
-                      accelerator=None) -> dict:
-    """Build, train (resuming if asked), validate, and export ``OUT/pipeline``; returns last stats."""
+                      accelerator=None, overwrite: bool = False) -> dict:
+    """Build, train (resuming if asked), validate, and export ``OUT/pipeline``; returns last stats.
+
+    A new run into a folder holding another run's checkpoints is refused unless ``overwrite``
+    (:func:`pyramidflow.io.run_dir.claim_run_dir`)."""
+    claim_run_dir(cfg.output_dir, resume, overwrite)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     parts = build_components(cfg)

@@ -10,15 +10,24 @@ come from its own generator seeded by (seed, step, position in the global batch)
 therefore independent of the number of processes and of gradient accumulation, and resuming from a
 checkpoint (models, EMA, optimizers, schedulers, RNG) continues bit-exactly on the CPU.
 
-Outputs in ``out_dir``: ``checkpoint-STEP/`` (atomic, the newest ``keep_last`` kept), TensorBoard
-logs in ``logs/``, one JSON line per log step and per validation in ``metrics.jsonl``.
+Outputs in ``out_dir``: ``checkpoint-STEP/`` (atomic, checksummed, the newest ``keep_last`` kept),
+TensorBoard logs in ``logs/``, one JSON line per log step and per validation in ``metrics.jsonl``.
+
+Safety: a run never writes over another run's checkpoints (:meth:`Trainer.train` refuses an
+``out_dir`` holding checkpoints newer than its own step), removes the temporaries of saves that were
+killed, resumes from the newest checkpoint that is not damaged, and on SIGINT / SIGTERM finishes the
+step in flight, saves a checkpoint and raises :class:`TrainingInterrupted` (a second signal stops at
+once with ``KeyboardInterrupt``; the checkpoint being written, if any, is discarded whole).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -27,8 +36,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyramidflow.errors import PyramidflowError
-from pyramidflow.io.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from pyramidflow.errors import PyramidflowError, PyramidflowWarning
+from pyramidflow.io.checkpoint import (
+    LoadedCheckpoint,
+    clean_stale_temporaries,
+    list_checkpoints,
+    load_checkpoint,
+    load_newest,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from pyramidflow.training.config import LoopConfig, lr_lambda
 from pyramidflow.training.distributed import (
     Sharding,
@@ -45,9 +62,19 @@ class TrainingDiverged(RuntimeError):
     """A loss became non-finite; the message names the step and the last good checkpoint."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after a step and its checkpoint; ``signum``, ``step``, ``path``."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; saved {path}; "
+                         "continue with --resume latest")
+
+
 def example_generator(seed: int, step: int, index: int, device="cpu") -> torch.Generator:
-    """The generator of one example of one step (independent of processes and accumulation)."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 65_537 + index)
+    """The generator of one example of one step (independent of processes and accumulation; the seed
+    wraps at 64 bits, which leaves every seed that fits unchanged)."""
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + step) * 65_537 + index) % 2**64)
 
 
 class Trainer:
@@ -99,6 +126,7 @@ class Trainer:
         self._writer = None
         self._started = time.perf_counter()
         self._perm_cache: dict[int, list[int]] = {}
+        self._signal: int | None = None  # SIGINT / SIGTERM received during train()
 
     # ------------------------------------------------------------------ data
     def _global_indices(self, step: int) -> list[int]:
@@ -109,7 +137,7 @@ class Trainer:
             epoch, offset = divmod(pos, n)
             perm = self._perm_cache.get(epoch)
             if perm is None:
-                gen = torch.Generator().manual_seed(self.loop.seed * 7919 + epoch)
+                gen = torch.Generator().manual_seed((self.loop.seed * 7919 + epoch) % 2**64)
                 perm = torch.randperm(n, generator=gen).tolist()
                 self._perm_cache = {epoch: perm}
             out.append(perm[offset])
@@ -224,29 +252,84 @@ class Trainer:
         return path
 
     def resume(self, which: str = "latest") -> int:
-        """Restore from ``out_dir`` (``latest``, a step number or a path); returns the step."""
-        path = resolve_checkpoint(self.out_dir, which)
-        if path is None:
-            if which == "latest":
+        """Restore from ``out_dir`` (``latest``: the newest checkpoint that is not damaged, warning
+        about any passed over) or a checkpoint path; returns the step."""
+        if which == "latest":
+            found = load_newest(self.out_dir, self._load)
+            if found is None:
+                if self.accelerator.is_main_process:
+                    warnings.warn(f"nothing to resume in {self.out_dir} (no checkpoint-STEP folder): "
+                                  "starting a new run", PyramidflowWarning, stacklevel=2)
                 return self.step
-            raise FileNotFoundError(f"no checkpoint {which!r} under {self.out_dir}")
+            path, loaded = found
+        else:
+            path = resolve_checkpoint(self.out_dir, which)
+            loaded = self._load(path)
+        self.step = loaded.step
+        if self.accelerator.is_main_process:
+            print(f"resumed from {path} at step {self.step}")
+        return self.step
+
+    def _load(self, path: Path) -> LoadedCheckpoint:
+        """Every state of the run from one checkpoint (verified against its checksums first)."""
         if self.sharding is None:
             ema = {k: self.ema.averaged_copy(k, self.modules[k]) for k in self.ema.names} if self.ema else {}
             loaded = load_checkpoint(path, self.modules, self.optimizers, self.schedulers, ema, rng=True)
             for name, module in ema.items():
                 self.ema.load_from(name, module)
-        else:  # the main process reads whole tensors, then they are sent to the shards
-            main = self.accelerator.is_main_process
-            snaps = {k: Snapshot(None) for k in self.optimizers}
-            loaded = load_checkpoint(path, self.sharding.copies, snaps if main else {}, self.schedulers,
-                                     self.sharding.ema_copies, rng=True)
-            self.sharding.scatter(self.ema)
-            for name, opt in self.optimizers.items():
-                self.sharding.scatter_optimizer(opt, snaps[name].state)
-        self.step = loaded.step
-        if self.accelerator.is_main_process:
-            print(f"resumed from {path} at step {self.step}")
-        return self.step
+            return loaded
+        # sharded: the main process reads whole tensors, then they are sent to the shards
+        main = self.accelerator.is_main_process
+        snaps = {k: Snapshot(None) for k in self.optimizers}
+        loaded = load_checkpoint(path, self.sharding.copies, snaps if main else {}, self.schedulers,
+                                 self.sharding.ema_copies, rng=True)
+        self.sharding.scatter(self.ema)
+        for name, opt in self.optimizers.items():
+            self.sharding.scatter_optimizer(opt, snaps[name].state)
+        return loaded
+
+    def _check_owner(self) -> None:
+        """Refuse to run where checkpoints of another run (newer than this run's step) lie: saving and
+        pruning would mix the two runs and lose this one."""
+        foreign = [path for step, path in list_checkpoints(self.out_dir) if step > self.step or not self.step]
+        if foreign:
+            raise PyramidflowError(
+                f"{self.out_dir} holds checkpoints of another run ({foreign[-1].name}; this run is at step "
+                f"{self.step}): continue that run with --resume latest, replace it with --overwrite, or "
+                "choose another output folder")
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """While training, SIGINT / SIGTERM ask the loop to stop after the step in flight; a second one
+        raises ``KeyboardInterrupt`` at once. (Only in the main thread, where Python runs handlers.)"""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        wanted = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in wanted}
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        for s in wanted:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_signal(self) -> int:
+        """The signal that asked this run to stop (0 if none), agreed by every process."""
+        value = self._signal or 0
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(value, device=self.accelerator.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            value = int(flag)
+        return value
 
     # ------------------------------------------------------------------ loop
     def log(self, values: Mapping[str, float], prefix: str = "train") -> None:
@@ -270,31 +353,17 @@ class Trainer:
 
     def train(self, resume: str | None = None, max_steps: int | None = None) -> dict:
         """Train to ``max_steps`` (default: the loop's); returns the last step's stats and what the
-        method's ``finish`` reports."""
-        from tqdm.auto import tqdm
-
+        method's ``finish`` reports. ``resume``: ``latest`` or a checkpoint path (see :meth:`resume`)."""
         loop, acc = self.loop, self.accelerator
-        if resume:
-            self.resume(resume)
-        target = loop.max_steps if max_steps is None else max_steps
-        bar = tqdm(total=target, initial=self.step, disable=not (loop.progress and acc.is_main_process),
-                   desc="train", dynamic_ncols=True)
-        stats: dict = {}
         started = time.perf_counter()
-        deadline = started + 60.0 * loop.max_minutes if loop.max_minutes > 0 else float("inf")
-        while self.step < target and time.perf_counter() < deadline:
-            tick = time.perf_counter()
-            stats = self.train_step()
-            self.train_seconds += time.perf_counter() - tick
-            bar.update(1)
-            if self.step % max(1, loop.log_every) == 0 or self.step == target:
-                self.log(stats)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            if loop.checkpoint_every and self.step % loop.checkpoint_every == 0:
-                self.save()
-            if loop.validate_every and self.step % loop.validate_every == 0:
-                self.validate()
-        bar.close()
+        if acc.is_main_process:
+            clean_stale_temporaries(self.out_dir)  # of saves that were killed; they may fill the disk
+        acc.wait_for_everyone()
+        with self._signals():
+            if resume:
+                self.resume(resume)
+            self._check_owner()
+            stats = self._loop(loop.max_steps if max_steps is None else max_steps)
         if self.step and (not loop.checkpoint_every or self.step % loop.checkpoint_every):
             self.save()
         if not (loop.validate_every and self.step % loop.validate_every == 0):
@@ -304,6 +373,35 @@ class Trainer:
             stats.update(self.method.finish(self))
         if self._writer is not None:
             self._writer.flush()
+        return stats
+
+    def _loop(self, target: int) -> dict:
+        """Steps up to ``target`` (or ``loop.max_minutes``) with periodic checkpoints and validation;
+        a stop signal ends it with a checkpoint and :class:`TrainingInterrupted`."""
+        from tqdm.auto import tqdm
+
+        loop, acc = self.loop, self.accelerator
+        bar = tqdm(total=target, initial=self.step, disable=not (loop.progress and acc.is_main_process),
+                   desc="train", dynamic_ncols=True)
+        stats: dict = {}
+        deadline = time.perf_counter() + 60.0 * loop.max_minutes if loop.max_minutes > 0 else float("inf")
+        while self.step < target and time.perf_counter() < deadline:
+            tick = time.perf_counter()
+            stats = self.train_step()
+            self.train_seconds += time.perf_counter() - tick
+            bar.update(1)
+            if self.step % max(1, loop.log_every) == 0 or self.step == target:
+                self.log(stats)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            stop = self._stop_signal()
+            if stop or (loop.checkpoint_every and self.step % loop.checkpoint_every == 0):
+                self.save()
+            if stop:
+                bar.close()
+                raise TrainingInterrupted(stop, self.step, self.out_dir / f"checkpoint-{self.step}")
+            if loop.validate_every and self.step % loop.validate_every == 0:
+                self.validate()
+        bar.close()
         return stats
 
     def validate(self) -> dict | None:

@@ -56,6 +56,12 @@ class EmbeddedTextEncoder(ModelMixin, ConfigMixin, TextEncoderMixin):
         h = self.norm(self.layers(h, src_key_padding_mask=~mask))
         return h * mask[..., None], mask
 
+    def split_vocabulary(self, prompt: str) -> tuple[list[str], list[str]]:
+        """The prompt's words this encoder knows and those it reads as ``<unk>``."""
+        if self.tokenizer is None:
+            raise PyramidflowError("this encoder has no vocabulary: build it with from_captions or load it")
+        return self.tokenizer.split(prompt)
+
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         if self.tokenizer is None:
             raise PyramidflowError("cannot save an encoder without its vocabulary")

@@ -54,6 +54,15 @@ class WordTokenizer:
         unk = self.index[UNK]
         return [self.index.get(w, unk) for w in words]
 
+    def split(self, text: str) -> tuple[list[str], list[str]]:
+        """The words of ``text`` in the vocabulary and those that are not (each once, in order)."""
+        known, unknown = [], []
+        for word in split_words(text):
+            side = known if word in self.index else unknown
+            if word not in side:
+                side.append(word)
+        return known, unknown
+
     def __call__(self, prompts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
         """(B, max_length) ids padded with 0 (cut at max_length) and the (B, max_length) bool mask."""
         ids = torch.zeros(len(prompts), max_length, dtype=torch.long)

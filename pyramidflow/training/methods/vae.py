@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pyramidflow.config import to_dict
+from pyramidflow.config import check_seed, to_dict
+from pyramidflow.io.run_dir import claim_run_dir
 from pyramidflow.models.vae import CausalVideoVAE, to_unit
 from pyramidflow.models.vae.discriminator import PatchDiscriminator3D
 from pyramidflow.training.config import LoopConfig, OptimConfig
@@ -162,12 +163,15 @@ def loop_config(cfg: VAETrainConfig, progress: bool = True) -> LoopConfig:
 
 
 def train_vae(cfg: VAETrainConfig, train_set, val_set, resume: str | None = None, show_progress: bool = True,
-              stop_at: int | None = None) -> dict:
+              stop_at: int | None = None, overwrite: bool = False) -> dict:
     """Train; returns the final validation metrics and paths (and the last step's losses).
 
     ``resume``: "latest" or a checkpoint directory. ``stop_at``: end this run (with a checkpoint)
-    at that step while the learning-rate schedule still spans ``cfg.max_steps``.
+    at that step while the learning-rate schedule still spans ``cfg.max_steps``. ``overwrite``: a new
+    run may replace the run in ``cfg.output_dir`` (else that is refused).
     """
+    check_seed(cfg.seed)
+    claim_run_dir(cfg.output_dir, resume, overwrite)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:

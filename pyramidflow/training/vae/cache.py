@@ -68,13 +68,15 @@ def build_latent_cache(
     header_extra: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Encode this worker's shards of ``dataset``; returns ``{"written", "skipped", "index"}``."""
+    """Encode this worker's shards of ``dataset``; returns ``{"written", "skipped", "unreadable",
+    "index"}``: shards written, shards already complete, clips that could not be read (left out of
+    the cache, never replaced by another clip) and the merged index."""
     out_dir = Path(out_dir)
     ranges = shard_ranges(len(dataset), shard_size)
     header = vae_header(vae, {"text_embeddings": text_encoder is not None, **(header_extra or {})})
     device = next(vae.parameters()).device
     dtype = next(vae.parameters()).dtype
-    written, skipped = [], []
+    written, skipped, unreadable = [], [], []
     mine = shards_for_worker(len(ranges), worker_id, num_workers)
     for shard in tqdm(mine, disable=not show_progress, desc=f"cache worker {worker_id}"):
         if shard_complete(out_dir, shard, len(ranges)):
@@ -84,8 +86,12 @@ def build_latent_cache(
         items: list[dict[str, Any]] = []
         indices = list(ranges[shard])
         for start in range(0, len(indices), batch_size):
-            batch_idx = indices[start : start + batch_size]
-            raw = [dataset[i] for i in batch_idx]
+            fetched = [(i, _exact_item(dataset, i)) for i in indices[start : start + batch_size]]
+            unreadable += [_unreadable(dataset, i) for i, r in fetched if r is None]
+            batch_idx = [i for i, r in fetched if r is not None]
+            raw = [r for _, r in fetched if r is not None]
+            if not raw:
+                continue
             clips = [as_clip(r) for r in raw]  # (T, 3, H, W) each
             x = to_model_range(clips).to(device, dtype)
             z = vae.encode(x, chunk_latents=chunk_latents).float().cpu()  # (B, C, T, h, w)
@@ -103,4 +109,18 @@ def build_latent_cache(
                 items.append(item)
         write_shard(out_dir, shard, len(ranges), tensors, items, header)
         written.append(shard)
-    return {"written": written, "skipped": skipped, "index": write_index(out_dir, len(ranges))}
+    return {"written": written, "skipped": skipped, "unreadable": unreadable,
+            "index": write_index(out_dir, len(ranges))}
+
+
+def _exact_item(dataset, index: int):
+    """Item ``index`` itself, or None when it cannot be read: a video dataset's ``clip`` (``ds[i]``
+    would put the next readable clip in its place, a duplicate in the cache)."""
+    exact = getattr(dataset, "clip", None)
+    return exact(index) if callable(exact) else dataset[index]
+
+
+def _unreadable(dataset, index: int) -> dict[str, Any]:
+    """``{"index", "path", "reason"}`` of a clip that could not be read."""
+    path = dataset.path_of(index)
+    return {"index": index, "path": path, "reason": dataset.skipped.files.get(path, ("unreadable", ""))[0]}
