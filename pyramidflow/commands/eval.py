@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [("file", *COLUMNS, "intact", "consistency", "seen")]
     for r in report["results"]:
         if not r["shapes_prompt"]:
-            rows.append((r["file"], *("-" for _ in COLUMNS), "-", "(not a shapes prompt: not scored)"))
+            rows.append((r["file"], *("-" for _ in COLUMNS), "-", "-", "(not a shapes prompt: not scored)"))
             continue
         seen = " ".join(str(r[k]) for k in ("color", "shape", "direction") if r[k]) + f" / {r['background']}"
         rows.append((r["file"], *(_mark(r[f"{k}_correct"]) for k in COLUMNS), _mark(r["intact"]),
