@@ -16,12 +16,16 @@ Variants (``--variants``, comma-separated; each sets the environment of the chil
 * ``spinN``: ``GOMP_SPINCOUNT=N`` (libgomp's spin before sleeping; its default is 300000);
 * ``1thread`` / ``1thread-passive``: ``OMP_NUM_THREADS=1`` (and passive).
 
+``NAME@DIR`` runs the variant with the code of another checkout DIR (e.g. the code before a change:
+``git archive COMMIT | tar -x -C DIR``), so before and after alternate in the same rounds.
+
 ``--busy N`` runs N competing processes for the duration of each run (``--busy-kind spin``: a pure
 Python loop each; ``matmul``: a torch matmul loop each with PyTorch's default threads, like another
 training run), stopped when the run ends (and after ``--busy-limit`` seconds at most).
 
     python bench/bench_threads.py                                  # idle: every variant, 3 rounds
     python bench/bench_threads.py --busy 2 --variants torch,cli    # kept busy by 2 spinning processes
+    python bench/bench_threads.py --variants torch@/tmp/before,cli  # today's code and defaults vs these
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ BUSY = {
 
 
 def variant_env(name: str) -> dict[str, str]:
+    name = name.split("@")[0]
     if name in FIXED:
         return FIXED[name]
     if name.startswith("spin") and name[4:].isdigit():
@@ -66,7 +71,8 @@ def variant_env(name: str) -> dict[str, str]:
 def run_once(name: str, command: list[str], busy: int, busy_kind: str, busy_limit: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in OMP_KEYS}
     env.update(variant_env(name))
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    code = Path(name.split("@")[1]) if "@" in name else REPO
+    env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
     clean = {k: v for k, v in os.environ.items() if k not in OMP_KEYS}  # competitors: the defaults
     hogs = [subprocess.Popen([sys.executable, "-c", BUSY[busy_kind].format(limit=busy_limit)], env=clean)
             for _ in range(busy)]
@@ -76,7 +82,7 @@ def run_once(name: str, command: list[str], busy: int, busy_kind: str, busy_limi
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
-            proc = subprocess.run([*command, "--out", out], env=env, capture_output=True, text=True, cwd=REPO)
+            proc = subprocess.run([*command, "--out", out], env=env, capture_output=True, text=True, cwd=code)
             wall = time.perf_counter() - t0
             if proc.returncode:
                 raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
@@ -123,7 +129,8 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     base = rows[0]["wall_s"]
-    print(f"{result['machine']}; competing processes: {result['busy']}; {args.rounds} rounds, medians")
+    print(f"{result['machine']}; competing processes started by this script: {result['busy']}; "
+          f"{args.rounds} rounds, medians")
     print(f"| variant | environment | whole command s | sampling s | vs {rows[0]['variant']} |")
     print("|---|---|---|---|---|")
     for r in rows:
