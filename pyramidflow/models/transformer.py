@@ -328,6 +328,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         text MLP, then each block's ``attn2.to_k`` + ``norm_k`` and ``attn2.to_v``. Pass it as
         ``text_cache=`` to :meth:`forward`, :meth:`forward_tokens` and :meth:`build_history_cache`
         for every step with these prompts (in the same batch order). Runs in the caller's grad mode.
+        It reads the blocks' weights outside their forward, so not on an FSDP-sharded model (sample
+        from a gathered copy, as training's validation does).
         """
         text = self.condition_embedder.text(encoder_hidden_states)
         kvs = [block.attn2.key_value(text, None) for block in self.blocks]

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 # entry points besides forward (the transformer's, text encoders'): they gather the weights too
-ENTRY_METHODS = ("forward_packed", "forward_tokens", "build_history_cache", "build_text_cache", "encode")
+ENTRY_METHODS = ("forward_packed", "forward_tokens", "build_history_cache", "encode")
 SHARD = "<sent as shards>"  # stands for an optimizer tensor in the layout broadcast by scatter_optimizer
 
 
