@@ -3,7 +3,8 @@
 Each subcommand lives in its own module under :mod:`pyramidflow.commands` (the web app's in
 :mod:`pyramidflow.app.command`, since nothing below the command line imports the app) and exposes
 ``register(subparsers)``; it adds a parser and sets ``func`` to a handler ``func(args) -> int``.
-Handlers import heavy modules lazily so that ``pyramidflow --help`` stays fast.
+Handlers import heavy modules lazily so that ``pyramidflow --help`` stays fast, and so that
+:func:`thread_defaults` runs before anything loads torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 import warnings
 
@@ -44,6 +46,57 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 _python_format = warnings.formatwarning
 
+# How idle OpenMP threads wait (docs/BENCHMARKS.md, "CPU threads"). Any of WAIT_POLICY_KEYS set by
+# the user means the user chose, and the command line sets none of them.
+WAIT_POLICY_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+OPT_OUT = "PYRAMIDFLOW_THREAD_DEFAULTS"  # "0": set nothing (PyTorch's own behaviour)
+LONG_COMMANDS = ("train", "train-vae", "cache-latents")  # the machine's load may change while they run
+BUSY_LOAD = 0.5  # a 1-minute load average from this on means other processes use the cores
+
+
+def machine_is_shared(samples: int = 5, interval: float = 0.01) -> bool:
+    """Whether other processes compete for the CPUs now: a 1-minute load average of ``BUSY_LOAD`` or
+    more, or another runnable task in every one of ``samples`` readings of ``/proc/loadavg`` (the
+    average lags by a minute; a process that keeps a core busy is runnable at every reading). True
+    where the load cannot be read (the safe choice)."""
+    import time
+
+    try:
+        if os.getloadavg()[0] >= BUSY_LOAD:
+            return True
+        others = []
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                others.append(int(f.read().split()[3].split("/")[0]) - 1)  # runnable tasks, not counting us
+            time.sleep(interval)
+        return min(others) >= 1
+    except (OSError, AttributeError, ValueError, IndexError):
+        return True
+
+
+def thread_defaults(command: str | None = None, environ=None, shared: bool | None = None) -> dict[str, str]:
+    """Choose how PyTorch's idle OpenMP threads wait, before torch loads; returns the variables set.
+
+    PyTorch's CPU build keeps its idle OpenMP threads spinning for a while before they sleep: the
+    fastest choice on an idle machine, and many times slower when other processes compete for the
+    cores (the spinning threads hold the cores the working ones need). So ``OMP_WAIT_POLICY=PASSIVE``
+    (idle threads sleep at once) is set when the machine is shared at start-up
+    (:func:`machine_is_shared`) and always for ``LONG_COMMANDS`` (the load may change while they run);
+    on an idle machine short commands keep PyTorch's behaviour. Nothing is set when the user set any of
+    ``WAIT_POLICY_KEYS``, when ``PYRAMIDFLOW_THREAD_DEFAULTS=0``, or when torch is already loaded
+    (OpenMP reads these variables once, when torch loads). The number of threads is left to PyTorch
+    (on a busy machine one thread was not faster than two passive ones). ``environ``: default
+    ``os.environ``; ``shared``: default :func:`machine_is_shared` (asked only when needed).
+    """
+    env = os.environ if environ is None else environ
+    if "torch" in sys.modules or env.get(OPT_OUT, "1") == "0" or any(k in env for k in WAIT_POLICY_KEYS):
+        return {}
+    if command not in LONG_COMMANDS and not (machine_is_shared() if shared is None else shared):
+        return {}
+    env.update(PASSIVE)
+    return dict(PASSIVE)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -58,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    thread_defaults(words[0] if words else None)
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning

@@ -10,6 +10,9 @@ With N video tokens, L text tokens, width d, FFN width F, one block costs in mul
     self-attention   4 N d^2 (q, k, v, o)  + 2 N^2 d (scores, values)
     cross-attention  2 N d^2 (q, o) + 2 L d^2 (k, v of the text) + 2 N L d
     feed-forward     2 N d F
+
+The text's own part (the text MLP and every block's k, v of the text) does not depend on the video:
+:func:`text_flops`; a text cache computes it once per batch of prompts (``cached_text=True``).
 """
 
 from __future__ import annotations
@@ -95,8 +98,16 @@ def tokens(spec: TransformerSpec, latent_thw: Sequence[int]) -> int:
     return (t // pt) * (h // ph) * (w // pw)
 
 
-def forward_flops(spec: TransformerSpec, num_tokens: int) -> float:
-    """FLOPs of one forward pass on ``num_tokens`` video tokens (batch 1)."""
+def text_flops(spec: TransformerSpec) -> float:
+    """FLOPs of the text-only part of one forward pass (batch 1): the text embedding MLP and every
+    block's cross-attention keys and values of the text (docs/maths.md section 15)."""
+    d, text = float(spec.dim), float(spec.text_len)
+    return 2.0 * (spec.num_layers * 2 * text * d * d + text * (spec.text_dim * d + d * d))
+
+
+def forward_flops(spec: TransformerSpec, num_tokens: int, cached_text: bool = False) -> float:
+    """FLOPs of one forward pass on ``num_tokens`` video tokens (batch 1); with ``cached_text``
+    without :func:`text_flops` (computed once per batch of prompts instead of once per pass)."""
     n, d, f, text = float(num_tokens), float(spec.dim), float(spec.ffn_dim), float(spec.text_len)
     patch = math.prod(spec.patch_size)
     block = (
@@ -110,7 +121,8 @@ def forward_flops(spec: TransformerSpec, num_tokens: int) -> float:
         + text * (spec.text_dim * d + d * d)  # text embedding MLP
     )
     head = n * d * spec.out_channels * patch
-    return 2.0 * (spec.num_layers * block + embed + head)
+    total = 2.0 * (spec.num_layers * block + embed + head)
+    return total - text_flops(spec) if cached_text else total
 
 
 def schedule_flops(

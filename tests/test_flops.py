@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.flops import PRESETS, WAN_VAE, TransformerSpec, forward_flops, schedule_flops
+from pyramidflow.flops import PRESETS, WAN_VAE, TransformerSpec, forward_flops, schedule_flops, text_flops
 from pyramidflow.pyramid import HaarTransform
 
 CAUSAL = HaarTransform(temporal=True, causal_first_frame=True)
@@ -59,6 +59,27 @@ def test_matches_torch_flop_counter_on_a_wan_transformer(shape, text_len):
     spec = TransformerSpec.from_config(dict(model.config), text_len=text_len)
     n_tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
     assert forward_flops(spec, n_tokens) == counter.get_total_flops()
+
+
+def test_text_share_and_the_text_cache_on_the_counter():
+    """(15.2): the text's share of Wan2.1-1.3B's pass at the coarse stages of a small video, and a
+    PyramidDiT with a text cache counts exactly forward_flops(cached_text=True)."""
+    from pyramidflow.models import PyramidDiT
+
+    spec = PRESETS["wan2.1-t2v-1.3b"]
+    shares = [text_flops(spec) / forward_flops(spec, n) for n in (20, 80, 320)]
+    assert shares == pytest.approx([0.747, 0.424, 0.153], abs=1e-3)
+    config = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2)
+    model = PyramidDiT(**config).eval()
+    x, text = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 7, 16)
+    with torch.no_grad():
+        cache = model.build_text_cache(text)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(x, torch.tensor([500.0]), None, text_cache=cache)
+    small = TransformerSpec.from_config(config, text_len=7)
+    assert forward_flops(small, 48, cached_text=True) == counter.get_total_flops()
+    assert forward_flops(small, 48) - forward_flops(small, 48, cached_text=True) == text_flops(small)
 
 
 def test_bad_input():

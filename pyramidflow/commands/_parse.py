@@ -22,6 +22,24 @@ def int_list(text: str, name: str = "steps", allow_zero: bool = False) -> tuple[
     return values
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # --dtype choices -> torch dtype names
+
+
+def add_dtype_argument(p) -> None:
+    """--dtype fp32|bf16: the precision the transformer computes in (the sampling state stays float32)."""
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="transformer precision (default fp32). bf16 halves the weights' memory and is faster "
+                   "on GPUs and on CPUs with bf16 instructions (avx512_bf16, AMX) at width >= 384; on other "
+                   "CPUs it is slower. The sampling state stays float32.")
+
+
+def torch_dtype(name: str):
+    """The torch dtype of a --dtype choice (torch imported here, not when the parser is built)."""
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
 def float_list(text: str, name: str) -> tuple[float, ...]:
     try:
         return tuple(float(p) for p in re.split(r"[,\s]+", text.strip()) if p)

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from pyramidflow.commands._parse import add_dtype_argument
+
 DEMO_TRAIN_STEPS = 600  # the --train budget on configs/shapes-tiny.yaml (docs/BENCHMARKS.md)
 
 
@@ -29,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="model to sample (default: the shipped one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_dtype_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -55,7 +58,7 @@ def _train(out: Path, steps: int, quiet: bool, config: str | None, extra: list[s
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from pyramidflow.commands._parse import parse_device
+    from pyramidflow.commands._parse import parse_device, torch_dtype
     from pyramidflow.demo import DEFAULT_CHECKPOINT, run_demo
     from pyramidflow.pipelines import PyramidFlowPipeline
 
@@ -66,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint, train_seconds = _train(out, args.train_steps, args.quiet, args.config, args.overrides)
     if not checkpoint.exists():
         raise FileNotFoundError(f"no model at {checkpoint}: pass --checkpoint DIR or --train")
-    pipe = PyramidFlowPipeline.from_pretrained(checkpoint, device=parse_device(args.device))
+    pipe = PyramidFlowPipeline.from_pretrained(checkpoint, device=parse_device(args.device),
+                                               torch_dtype=torch_dtype(args.dtype))
     metrics = run_demo(pipe, out, seed=args.seed, progress=not args.quiet)
-    metrics["checkpoint"] = str(checkpoint)
+    metrics["checkpoint"], metrics["dtype"] = str(checkpoint), args.dtype
     if train_seconds is not None:
         metrics["train_seconds"], metrics["train_steps"] = round(train_seconds, 1), args.train_steps
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyramidflow.commands._parse import add_dtype_argument
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,13 +31,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute history at every step")
     p.add_argument("--raw", action="store_true", help="use the raw weights of a checkpoint, not the EMA")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    add_dtype_argument(p)
     p.add_argument("--out", required=True, help="output file: .mp4, .gif, or .png/.jpg for one frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidflow.commands._parse import int_list, parse_device
+    from pyramidflow.commands._parse import int_list, parse_device, torch_dtype
     from pyramidflow.io import write_video
     from pyramidflow.pipelines import PyramidFlowPipeline
 
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     steps = int_list(args.steps, "steps") if args.steps is not None else None
     first = int_list(args.first_steps, "first-steps") if args.first_steps is not None else None
     device = parse_device(args.device)
-    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=device, use_ema=not args.raw)
+    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=device, use_ema=not args.raw,
+                                               torch_dtype=torch_dtype(args.dtype))
     result = pipe(args.prompt, num_frames=args.frames, height=args.height, width=args.width,
                   image=args.image, num_inference_steps=steps, first_steps=first,
                   guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=args.seed,

@@ -1,16 +1,18 @@
 """Models: the pyramid transformer (Wan-compatible), text encoders, and the video VAE (``models.vae``)."""
 
-from pyramidflow.models.segments import HistoryCache, TokenSegment
+from pyramidflow.models.segments import HistoryCache, TextCache, TokenSegment
 from pyramidflow.models.text_encoders import EmbeddedTextEncoder, PretrainedTextEncoder, load_text_encoder
 from pyramidflow.models.transformer import PyramidDiT, PyramidDiTBlock
-from pyramidflow.models.velocity import UnitVelocity, call_model, timestep_of
+from pyramidflow.models.velocity import LazyTextCache, UnitVelocity, call_model, timestep_of
 
 __all__ = [
     "EmbeddedTextEncoder",
     "HistoryCache",
+    "LazyTextCache",
     "PretrainedTextEncoder",
     "PyramidDiT",
     "PyramidDiTBlock",
+    "TextCache",
     "TokenSegment",
     "UnitVelocity",
     "call_model",

@@ -246,16 +246,22 @@ class Attention(nn.Module):
         layout: AttentionLayout | None = None,
         past: tuple[Tensor, Tensor] | None = None,
         backend: str = "auto",
+        context_kv: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (B, S, dim). Self-attention if ``context`` is None, else cross-attention to it.
+        """x: (B, S, dim). Self-attention if ``context`` and ``context_kv`` are None, else cross-attention.
 
         ``rope``: complex rotations of x's tokens (:func:`pyramidflow.models.rope.rotation`).
 
         ``past``: cached keys and values (B, N, heads, head_dim) placed before x's own (history).
+        ``context_kv``: the context's keys and values (B, L, heads, head_dim) as :meth:`key_value`
+        computed them (the text cache); ``context`` is then not needed.
         Returns the output (B, S, dim) and x's (or the context's) own keys and values.
         """
         q = self.query(x, rope)
-        k, v = self.key_value(x if context is None else context, rope if context is None else None)
+        if context_kv is not None:
+            k, v = context_kv
+        else:
+            k, v = self.key_value(x if context is None else context, rope if context is None else None)
         own = (k, v)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=1), torch.cat((past[1], v), dim=1)

@@ -1,8 +1,10 @@
-"""Inputs of the token-level API: segments of a sequence, their modulation, the history cache.
+"""Inputs of the token-level API: segments of a sequence, their modulation, the history and text caches.
 
 A sequence is a list of :class:`TokenSegment`: the current stage's latent and the compressed
 history units (docs/maths.md section 7), each with its own timestep, its unit index (attention is
 block-causal over units) and its place on a common reference grid (fractional rotary positions).
+Keys and values that stay fixed during sampling are computed once: the history's self-attention
+(:class:`HistoryCache`) and the text's cross-attention (:class:`TextCache`), docs/maths.md section 13.
 """
 
 from __future__ import annotations
@@ -130,14 +132,49 @@ class HistoryCache:
     def num_tokens(self) -> int:
         return int(self.units.numel())
 
-    def check(self, batch: int, text: Tensor, current_units: Tensor) -> None:
-        """Raise ValueError unless the cache fits this call."""
-        if tuple(text.shape) != self.text_shape:
+    def check(self, batch: int, text_shape: tuple[int, ...], current_units: Tensor) -> None:
+        """Raise ValueError unless the cache fits this call (text of shape ``text_shape``)."""
+        if tuple(text_shape) != self.text_shape:
             raise PyramidflowError(f"history cache was built with text of shape {self.text_shape}, "
-                             f"got {tuple(text.shape)}: rebuild it for these prompts")
+                             f"got {tuple(text_shape)}: rebuild it for these prompts")
         if self.keys and self.keys[0].shape[0] != batch:
             raise PyramidflowError(f"history cache has batch {self.keys[0].shape[0]}, got {batch}")
         if self.num_tokens and int(current_units.min()) <= int(self.units.max()):
             raise PyramidflowError("cached history must belong to earlier units than every current segment "
                              f"(history units up to {int(self.units.max())}, "
                              f"current from {int(current_units.min())})")
+
+
+@dataclass
+class TextCache:
+    """Per-layer cross-attention keys and values of one batch of prompts (docs/maths.md section 13).
+
+    The text embedding and each block's ``to_k``/``norm_k`` and ``to_v`` of the text depend on the
+    prompts only, never on the latent or the timestep, so they are computed once per sampling call
+    (:meth:`PyramidDiT.build_text_cache`) and reused by every step, stage and unit; the outputs are
+    those of recomputing them. keys, values: one (B, L, heads, head_dim) tensor per layer;
+    text_shape: (B, L, text_dim) of the encoder hidden states; dtype: theirs (the model computes its
+    time embedding in it). For classifier-free guidance build it from the doubled batch
+    ``cat([null, cond])``.
+    """
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    text_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def batch(self) -> int:
+        return int(self.text_shape[0])
+
+    def check(self, batch: int, num_layers: int, text: Tensor | None) -> None:
+        """Raise ValueError unless the cache fits a call with ``batch`` samples and (optional) ``text``."""
+        if len(self.keys) != num_layers:
+            raise PyramidflowError(f"text cache has {len(self.keys)} layers, the model {num_layers}: "
+                                   "build it with this model")
+        if batch != self.batch:
+            raise PyramidflowError(f"text cache has batch {self.batch}, got {batch}: "
+                                   "build it for these prompts")
+        if text is not None and tuple(text.shape) != self.text_shape:
+            raise PyramidflowError(f"text cache was built from text of shape {self.text_shape}, "
+                                   f"got {tuple(text.shape)}: rebuild it for these prompts")

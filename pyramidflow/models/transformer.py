@@ -9,6 +9,8 @@ per-token timesteps included). Beside it, a token-level API for pyramidal and au
   grid, and unit index; attention is block-causal over units.
 * :meth:`PyramidDiT.build_history_cache`: history keys/values computed once per stage and reused
   by every denoising step of the current unit (history has its own timestep).
+* :meth:`PyramidDiT.build_text_cache`: the text's cross-attention keys/values computed once per
+  batch of prompts and reused by every step (``text_cache=`` of the calls above).
 * :meth:`PyramidDiT.forward_packed`: samples with different token counts (different stages)
   packed into one sequence with per-sample attention, for mixed-stage training.
 
@@ -34,7 +36,7 @@ from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.attention import BACKENDS, Attention, AttentionLayout
 from pyramidflow.models.embeddings import FeedForward, FP32LayerNorm, TimeTextEmbedding
 from pyramidflow.models.rope import grid_rotation
-from pyramidflow.models.segments import TEXT_UNIT, HistoryCache, Modulation, TokenSegment
+from pyramidflow.models.segments import TEXT_UNIT, HistoryCache, Modulation, TextCache, TokenSegment
 
 
 class PyramidDiTBlock(nn.Module):
@@ -50,11 +52,13 @@ class PyramidDiTBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: Tensor, text: Tensor, mod: Modulation, rope: Tensor,
+    def forward(self, x: Tensor, text: Tensor | None, mod: Modulation, rope: Tensor,
                 self_layout: AttentionLayout | None, cross_layout: AttentionLayout | None,
-                past: tuple[Tensor, Tensor] | None = None, backend: str = "auto"
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: (B, S, dim); text: (B, L, dim); rope: complex rotations (``rope.grid_rotation``).
+                past: tuple[Tensor, Tensor] | None = None, backend: str = "auto",
+                text_kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: (B, S, dim); text: (B, L, dim), or None with ``text_kv``, this block's cross-attention keys
+        and values of the text (B, L, heads, head_dim) from a :class:`TextCache`; rope: complex
+        rotations (``rope.grid_rotation``).
 
         Returns x and this block's self-attention keys/values.
         """
@@ -63,7 +67,7 @@ class PyramidDiTBlock(nn.Module):
         out, kv = self.attn1(h, rope=rope, layout=self_layout, past=past, backend=backend)
         x = mod.apply(_gated_add, [x, out], [gate])
         h = self.norm2(x.float()).type_as(x)
-        x = x + self.attn2(h, context=text, layout=cross_layout, backend=backend)[0]
+        x = x + self.attn2(h, context=text, layout=cross_layout, backend=backend, context_kv=text_kv)[0]
         h = mod.apply(self.norm3.modulate, [x], [c_scale, c_shift])
         x = mod.apply(_gated_add, [x, self.ffn(h)], [c_gate])
         return x, kv
@@ -213,18 +217,30 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return outs if split else [torch.cat([o.flatten(2) for o in outs], 2)]
 
     # ------------------------------------------------------------------ core
-    def _run(self, tok: _Tokens, text: Tensor, text_samples: Tensor | None, cache: HistoryCache | None,
-             keep_kv: bool) -> tuple[Tensor, Tensor, list[int] | None, list]:
-        """Blocks over the tokens. Returns x, temb, the repeats used and (if keep_kv) per-layer k/v."""
+    def _run(self, tok: _Tokens, text: Tensor | None, text_samples: Tensor | None, cache: HistoryCache | None,
+             keep_kv: bool, text_cache: TextCache | None = None
+             ) -> tuple[Tensor, Tensor, list[int] | None, list]:
+        """Blocks over the tokens. Returns x, temb, the repeats used and (if keep_kv) per-layer k/v.
+
+        text: (B, L, text_dim) encoder hidden states; it may be None when ``text_cache`` holds their
+        cross-attention keys and values (then the text embedding and the text projections are skipped).
+        """
         repeats = tok.repeats
         m, s = tok.timesteps.shape[1], tok.x.shape[1]
         if m == 1 or m == s:
             repeats = None
-        temb, mod_table = self.condition_embedder.time(tok.timesteps, text.dtype)
+        if text_cache is not None:
+            text_cache.check(tok.x.shape[0], len(self.blocks), text)
+            text_shape, text_dtype = text_cache.text_shape, text_cache.dtype
+        elif text is None:
+            raise PyramidflowError("give encoder_hidden_states or a text_cache")
+        else:
+            text_shape, text_dtype = tuple(text.shape), text.dtype
+        temb, mod_table = self.condition_embedder.time(tok.timesteps, text_dtype)
         mod = Modulation(mod_table, repeats)
         if cache is not None:
-            cache.check(tok.x.shape[0], text, tok.units)
-        text = self.condition_embedder.text(text)
+            cache.check(tok.x.shape[0], text_shape, tok.units)
+        text = None if text_cache is not None else self.condition_embedder.text(text)
         rope = tok.rope
 
         k_units, k_samples = tok.units, tok.samples
@@ -241,7 +257,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         x, kvs = tok.x, []
         for i, block in enumerate(self.blocks):
             past = None if cache is None else (cache.keys[i], cache.values[i])
-            args = (x, text, mod, rope, self_layout, cross_layout, past, backend)
+            text_kv = None if text_cache is None else (text_cache.keys[i], text_cache.values[i])
+            args = (x, text, mod, rope, self_layout, cross_layout, past, backend, text_kv)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x, kv = self._gradient_checkpointing_func(block, *args)
             else:
@@ -256,45 +273,68 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self,
         hidden_states: Tensor,
         timestep: Tensor,
-        encoder_hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None,
         encoder_hidden_states_image: Tensor | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
+        text_cache: TextCache | None = None,
     ) -> Transformer2DModelOutput | tuple[Tensor]:
         """Exactly ``WanTransformer3DModel.forward`` (text-to-video).
 
         hidden_states: (B, C, F, H, W); timestep: (B,) or per token (B, F*H*W / patch volume);
-        encoder_hidden_states: (B, L, text_dim). Returns the velocity (B, out_channels, F, H, W).
+        encoder_hidden_states: (B, L, text_dim), or None with ``text_cache``
+        (:meth:`build_text_cache`; same result, without recomputing the text's keys and values).
+        Returns the velocity (B, out_channels, F, H, W).
         """
         if encoder_hidden_states_image is not None:
             raise PyramidflowError("PyramidDiT has no image embedding: "
                                    "encoder_hidden_states_image must be None")
-        out = self.forward_tokens([TokenSegment(hidden_states, timestep)], encoder_hidden_states)[0]
+        out = self.forward_tokens([TokenSegment(hidden_states, timestep)], encoder_hidden_states,
+                                  text_cache=text_cache)[0]
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
-    def forward_tokens(self, segments: Sequence[TokenSegment], encoder_hidden_states: Tensor,
-                       cache: HistoryCache | None = None) -> list[Tensor]:
+    def forward_tokens(self, segments: Sequence[TokenSegment], encoder_hidden_states: Tensor | None,
+                       cache: HistoryCache | None = None, text_cache: TextCache | None = None
+                       ) -> list[Tensor]:
         """Run a sequence made of ``segments``; returns one (B, out_channels, F, H, W) output per segment.
 
         Attention is block-causal over the segments' units. With ``cache``, the cached history
         tokens come first in every self-attention (their units must precede every segment's).
+        With ``text_cache`` (:meth:`build_text_cache`) the text's keys and values are not recomputed;
+        ``encoder_hidden_states`` may then be None.
         """
         tok = self._tokens([segments])
-        x, temb, repeats, _ = self._run(tok, encoder_hidden_states, None, cache, keep_kv=False)
+        x, temb, repeats, _ = self._run(tok, encoder_hidden_states, None, cache, keep_kv=False,
+                                        text_cache=text_cache)
         return self._output(x, temb, repeats, tok.grids, split=True)
 
     @torch.no_grad()
-    def build_history_cache(self, segments: Sequence[TokenSegment], encoder_hidden_states: Tensor
-                            ) -> HistoryCache:
+    def build_history_cache(self, segments: Sequence[TokenSegment], encoder_hidden_states: Tensor | None,
+                            text_cache: TextCache | None = None) -> HistoryCache:
         """Keys/values of the history ``segments`` in every layer (docs/maths.md section 7), computed once.
 
         Use it for every denoising step of the unit that follows; rebuild it when the history
-        changes (a new stage or a new unit).
+        changes (a new stage or a new unit). ``text_cache`` as in :meth:`forward_tokens`.
         """
         tok = self._tokens([segments])
-        _, _, _, kvs = self._run(tok, encoder_hidden_states, None, None, keep_kv=True)
-        return HistoryCache([k for k, _ in kvs], [v for _, v in kvs], tok.units,
-                            tuple(encoder_hidden_states.shape))
+        _, _, _, kvs = self._run(tok, encoder_hidden_states, None, None, keep_kv=True, text_cache=text_cache)
+        text_shape = text_cache.text_shape if text_cache is not None else tuple(encoder_hidden_states.shape)
+        return HistoryCache([k for k, _ in kvs], [v for _, v in kvs], tok.units, text_shape)
+
+    def build_text_cache(self, encoder_hidden_states: Tensor) -> TextCache:
+        """Cross-attention keys/values of the text (B, L, text_dim) in every layer, computed once.
+
+        Exactly what every forward pass computes from the same text (docs/maths.md section 13): the
+        text MLP, then each block's ``attn2.to_k`` + ``norm_k`` and ``attn2.to_v``. Pass it as
+        ``text_cache=`` to :meth:`forward`, :meth:`forward_tokens` and :meth:`build_history_cache`
+        for every step with these prompts (in the same batch order). Runs in the caller's grad mode.
+        It reads the blocks' weights outside their forward, so not on an FSDP-sharded model (sample
+        from a gathered copy, as training's validation does).
+        """
+        text = self.condition_embedder.text(encoder_hidden_states)
+        kvs = [block.attn2.key_value(text, None) for block in self.blocks]
+        return TextCache([k for k, _ in kvs], [v for _, v in kvs], tuple(encoder_hidden_states.shape),
+                         encoder_hidden_states.dtype)
 
     def forward_packed(self, samples: Sequence[Sequence[TokenSegment]],
                        texts: Sequence[Tensor]) -> list[list[Tensor]]:

@@ -5,6 +5,8 @@ dx/dsigma and is conditioned on ``timestep = 1000 sigma`` (:func:`timestep_of`).
 calls a transformer at a noise level goes through this module:
 
 * :func:`call_model` -- a Wan-call-compatible model at natural level ``sigma`` (full sequences).
+* :class:`LazyTextCache` -- the text's cross-attention keys/values of a batch of prompts, computed
+  once on first use and reused by every step (docs/maths.md section 13), for models that have them.
 * :func:`unit_token_segments` -- the token segments of one autoregressive step (section 7), shared
   by training and sampling.
 * :class:`UnitVelocity` -- ``(x, sigma, stage, history, unit) -> dx/dsigma`` for autoregressive
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pyramidflow.models.segments import HistoryCache, TokenSegment
+from pyramidflow.models.segments import HistoryCache, TextCache, TokenSegment
 
 TIMESTEP_SCALE = 1000.0  # timestep = TIMESTEP_SCALE * sigma
 
@@ -30,11 +32,36 @@ def timestep_of(sigma: Tensor | float) -> Tensor | float:
     return TIMESTEP_SCALE * float(sigma)
 
 
-def call_model(model, x: Tensor, sigma: Tensor, text: Tensor) -> Tensor:
+def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, text_cache: TextCache | None = None) -> Tensor:
     """Velocity of ``model`` (called like diffusers' ``WanTransformer3DModel``) at ``x`` (B, C, T, H, W),
-    natural level ``sigma`` (B,) and text embeddings ``text`` (B, L, D)."""
-    out = model(hidden_states=x, timestep=timestep_of(sigma), encoder_hidden_states=text, return_dict=False)
+    natural level ``sigma`` (B,) and text embeddings ``text`` (B, L, D); ``text_cache``: their
+    keys/values (:meth:`PyramidDiT.build_text_cache`), passed on only when given."""
+    extra = {} if text_cache is None else {"text_cache": text_cache}
+    out = model(hidden_states=x, timestep=timestep_of(sigma), encoder_hidden_states=text, return_dict=False,
+                **extra)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class LazyTextCache:
+    """The :class:`TextCache` of ``model`` for ``text`` (B, L, D), built on the first :meth:`get`.
+
+    Built in the grad mode of that first call (no graph is kept when sampling under no_grad); a model
+    without ``build_text_cache`` (e.g. diffusers' ``WanTransformer3DModel``) or ``enabled=False``
+    gives None, i.e. recomputation at every call.
+    """
+
+    def __init__(self, model, text: Tensor, enabled: bool = True) -> None:
+        self.model, self.text = model, text
+        self.enabled = enabled and callable(getattr(model, "build_text_cache", None))
+        self._cache: TextCache | None = None
+
+    def get(self, batch: int) -> TextCache | None:
+        """The cache when it serves a call of ``batch`` samples (the text's own batch), else None."""
+        if not self.enabled or batch != self.text.shape[0]:
+            return None
+        if self._cache is None:
+            self._cache = self.model.build_text_cache(self.text)
+        return self._cache
 
 
 def unit_token_segments(history: Sequence, current: Tensor, sigma, unit: int, stage: int, num_stages: int,
@@ -60,12 +87,15 @@ class UnitVelocity:
     """Callable ``(x, sigma, stage, history, unit) -> dx/dsigma`` backed by a :class:`PyramidDiT`.
 
     encoder_hidden_states: (B, L, text_dim) for the batch being generated. With ``use_cache`` the
-    history keys/values are computed once per (unit, stage) and reused by every step.
+    history keys/values are computed once per (unit, stage) and reused by every step; with
+    ``cache_text`` the text's keys/values once for the whole generation (:class:`LazyTextCache`).
     """
 
-    def __init__(self, model, encoder_hidden_states: Tensor, num_stages: int, use_cache: bool = True) -> None:
+    def __init__(self, model, encoder_hidden_states: Tensor, num_stages: int, use_cache: bool = True,
+                 cache_text: bool = True) -> None:
         self.model, self.text, self.num_stages = model, encoder_hidden_states, num_stages
         self.use_cache = use_cache
+        self.text_cache = LazyTextCache(model, encoder_hidden_states, cache_text)
         self._history: Sequence | None = None  # held, so its identity cannot be reused
         self._key: tuple[int, int] | None = None
         self._cache: HistoryCache | None = None
@@ -77,11 +107,12 @@ class UnitVelocity:
 
     def __call__(self, x: Tensor, sigma: Tensor, stage: int, history: Sequence, unit: int) -> Tensor:
         hist, current = self.segments(x, sigma, stage, history, unit)
+        text_cache = self.text_cache.get(x.shape[0])
         if not hist:
-            return self.model.forward_tokens([current], self.text)[0]
+            return self.model.forward_tokens([current], self.text, text_cache=text_cache)[0]
         if not self.use_cache:
-            return self.model.forward_tokens([*hist, current], self.text)[-1]
+            return self.model.forward_tokens([*hist, current], self.text, text_cache=text_cache)[-1]
         if history is not self._history or self._key != (unit, stage):
-            self._cache = self.model.build_history_cache(hist, self.text)
+            self._cache = self.model.build_history_cache(hist, self.text, text_cache=text_cache)
             self._history, self._key = history, (unit, stage)
-        return self.model.forward_tokens([current], self.text, cache=self._cache)[0]
+        return self.model.forward_tokens([current], self.text, cache=self._cache, text_cache=text_cache)[0]

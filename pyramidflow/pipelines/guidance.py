@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.models.velocity import call_model
+from pyramidflow.models.velocity import LazyTextCache, call_model
 from pyramidflow.pyramid import HaarTransform
 from pyramidflow.pyramid.sampler import VelocityFn
 from pyramidflow.pyramid.temporal import HistoryUnit
@@ -35,11 +35,14 @@ def guided_velocity(
     guidance: float = 1.0,
     first_frame_guidance: float | None = None,
     transform: HaarTransform | None = None,
+    cache_text: bool = True,
 ) -> VelocityFn:
     """A ``velocity_fn(x, sigma, stage)`` for :func:`pyramidflow.pyramid.sample`.
 
     ``text`` (B, L, D) conditions; ``null_text`` (B or 1, L, D) is the unconditional embedding
     (needed whenever a scale differs from 1). ``first_frame_guidance`` defaults to ``guidance``.
+    With ``cache_text`` the text's cross-attention keys/values (of the doubled batch under guidance)
+    are computed at the first call and reused by every later one (a model with ``build_text_cache``).
     """
     first = guidance if first_frame_guidance is None else first_frame_guidance
     transform = transform or HaarTransform()
@@ -53,11 +56,13 @@ def guided_velocity(
                 f"null_text shape {tuple(null.shape)} does not match text {tuple(text.shape)}"
             )
         both = torch.cat([null, text], 0)
+    cache = LazyTextCache(model, both if needs_uncond else text, cache_text)
 
     def velocity(x: Tensor, sigma: Tensor, stage: int) -> Tensor:
         if not needs_uncond:
-            return call_model(model, x, sigma, text).to(x.dtype)
-        out = call_model(model, torch.cat([x, x], 0), torch.cat([sigma, sigma], 0), both)
+            return call_model(model, x, sigma, text, cache.get(x.shape[0])).to(x.dtype)
+        out = call_model(model, torch.cat([x, x], 0), torch.cat([sigma, sigma], 0), both,
+                         cache.get(2 * x.shape[0]))
         v_u, v_c = out.to(x.dtype).chunk(2, 0)
         w = frame_scales(x.shape[2], first, guidance, transform, x.device).to(x.dtype)
         return v_u + w * (v_c - v_u)

@@ -132,6 +132,23 @@ def load_pipeline_parts(path: Path, use_ema: bool = True):
     return found[1]
 
 
+def move_module(module: torch.nn.Module, device, dtype: torch.dtype | None = None) -> None:
+    """``module.to(device, dtype)``, keeping the parameters a diffusers model marks as float32-only
+    (``_keep_in_fp32_modules``: time embedding, modulation tables, norms) in float32 when ``dtype`` is
+    a 16-bit float, as ``from_pretrained(torch_dtype=...)`` does: the model then runs in 16 bits and
+    computes its modulation from float32 tables (docs/maths.md section 13)."""
+    if dtype is None:
+        module.to(device)
+        return
+    with _quiet_diffusers():  # it warns that .to() ignores float32-only modules: restored just below
+        module.to(device=device, dtype=dtype)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or ()
+    if dtype in (torch.float16, torch.bfloat16) and keep:
+        for name, param in module.named_parameters():
+            if any(k in name.split(".") for k in keep):
+                param.data = param.data.float()
+
+
 def _save_component(module, folder: Path, dtype: torch.dtype | None) -> list[str]:
     if not hasattr(module, "save_pretrained"):
         raise PyramidflowError(f"cannot save {type(module).__name__}: it has no save_pretrained")

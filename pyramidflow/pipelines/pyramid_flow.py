@@ -41,7 +41,7 @@ from pyramidflow.pipelines.checks import check_request, prompt_list, warn_unknow
 from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pipelines.images import load_image
-from pyramidflow.pipelines.loading import load_pipeline_parts, save_pipeline
+from pyramidflow.pipelines.loading import load_pipeline_parts, move_module, save_pipeline
 from pyramidflow.pyramid import sample
 
 
@@ -80,9 +80,11 @@ class PyramidFlowPipeline:
         return save_pipeline(self, Path(path), weights_dtype)
 
     def to(self, device, dtype: torch.dtype | None = None) -> PyramidFlowPipeline:
+        """Move (and cast) the components; with bfloat16 or float16 the transformer's float32-only
+        parameters stay float32, and the sampling state is float32 whatever the dtype."""
         for module in (self.transformer, self.text_encoder, self.vae):
             if isinstance(module, torch.nn.Module):
-                module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
+                move_module(module, device, dtype)
         return self
 
     @property
@@ -91,7 +93,8 @@ class PyramidFlowPipeline:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The transformer's compute dtype (its patch embedding's; some parameters stay float32)."""
+        return self.transformer.patch_embedding.weight.dtype
 
     # ------------------------------------------------------------------ shapes
     def model_frames(self, num_frames: int) -> int:
@@ -142,7 +145,7 @@ class PyramidFlowPipeline:
         """A first frame (path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor in [0, 1]),
         resized on the shorter side and centre-cropped to (height, width) -> (1, C, F, h, w)."""
         pixels = load_image(image, height, width).to(self.device)  # (3, H, W) in [0, 1]
-        latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).to(self.dtype)
+        latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).float()  # the state
         f = self.config.temporal.frames_per_unit
         if latents.shape[2] != f:
             raise PyramidflowError(f"image-to-video needs units of one model frame (an image encodes to "
@@ -223,7 +226,7 @@ class PyramidFlowPipeline:
             latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
                              device=self.device)
         bar.close()
-        video = self.decode(latents.to(self.dtype))
+        video = self.decode(latents)  # cast to the autoencoder's dtype there
         if output_type == "np":
             frames = (video * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
             return PyramidFlowOutput(frames, latents)
