@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny_components import TINY_DIT, seeded_randn
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models import PyramidDiT, TokenSegment
@@ -10,8 +11,7 @@ from pyramidflow.pipelines.autoregressive import generate_units
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule, sample
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-            text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2)
+TINY = TINY_DIT
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,7 @@ def model():
     return PyramidDiT(**TINY).eval()
 
 
-def _randn(*shape, seed=0):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+_randn = seeded_randn
 
 
 def _counting(model, calls):

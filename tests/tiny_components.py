@@ -65,3 +65,11 @@ def flow_trainer(model, text, data, out, loop, optim=None, temporal=None, accele
     method = FlowMatching(model, text, optim=optim, temporal=temporal, train_text_encoder=True,
                           text_dropout=loop.text_dropout)
     return Trainer(method, data, loop, out, accelerator=accelerator)
+
+
+TINY_DIT = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                out_channels=4, text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2)  # a small PyramidDiT
+
+
+def seeded_randn(*shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))

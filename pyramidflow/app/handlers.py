@@ -86,25 +86,29 @@ def parse_steps(text: str | None, stages: int, name: str) -> tuple[int, ...] | N
     return values
 
 
-def _whole(value, name: str, default: int) -> int:
+def _number(value, name: str, what: str) -> float | None:
+    """A form field as a float (None when left empty), or an AppError naming the field."""
     if value is None or value == "":
-        return default
+        return None
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        raise AppError(f"{name} must be a whole number, got {value!r}") from None
+        raise AppError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _whole(value, name: str, default: int) -> int:
+    number = _number(value, name, "a whole number")
+    if number is None:
+        return default
     if number != int(number):
         raise AppError(f"{name} must be a whole number, got {value}")
     return int(number)
 
 
 def _scale(value, name: str, default: float) -> float:
-    if value is None or value == "":
+    number = _number(value, name, "a number")
+    if number is None:
         return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AppError(f"{name} must be a number, got {value!r}") from None
     if not 0.0 <= number <= MAX_GUIDANCE:
         raise AppError(f"{name} must be between 0 and {MAX_GUIDANCE:g}, got {number:g}")
     return number
