@@ -9,11 +9,13 @@ from pyramidflow.pyramid import HaarTransform
 from pyramidflow.pyramid.temporal import (
     block_centres,
     corrupt_history,
+    draw_unit,
     history_levels,
     max_training_tokens,
     sequence_tokens,
     tokens_per_level,
     unit_layout,
+    unit_probabilities,
 )
 
 
@@ -82,3 +84,30 @@ def test_history_window_keeps_the_most_recent_units_with_absolute_indices():
         assert torch.equal(h.latent, t.down(units[h.unit], h.level))
     with pytest.raises(PyramidflowError, match="max_history"):
         history_window(3, -1)
+
+
+def test_variable_length_unit_weights_equal_the_clip_length_construction():
+    # (7.3) against its definition: L ~ U{1..N} and each of the L units counted, i.e.
+    # P(u) = sum_L [u < L] / sum_L L.
+    n = 16
+    p = unit_probabilities(n, "variable_length")
+    by_definition = torch.tensor([sum(1.0 for L in range(1, n + 1) if u < L) for u in range(n)],
+                                 dtype=torch.float64) / sum(range(1, n + 1))
+    torch.testing.assert_close(p, by_definition, rtol=0, atol=1e-15)
+    assert float(p.sum()) == pytest.approx(1.0, abs=1e-15)
+    assert float(p[0]) == pytest.approx(16 / 136) and float(p[-1]) == pytest.approx(1 / 136)
+    torch.testing.assert_close(unit_probabilities(n, "uniform"), torch.full((n,), 1 / n, dtype=torch.float64))
+    with pytest.raises(PyramidflowError, match="valid: uniform, variable_length"):
+        unit_probabilities(n, "harmonic")
+
+
+def test_drawn_units_follow_their_probabilities(generator):
+    # Monte Carlo: the mean of the one-hot draws is (7.3), each entry within its standard error.
+    n, draws = 8, 20_000
+    units = torch.tensor([draw_unit(n, "variable_length", generator) for _ in range(draws)])
+    p = unit_probabilities(n, "variable_length")
+    assert_mean(torch.nn.functional.one_hot(units, n).double(), p, (p * (1 - p)).sqrt())
+    assert draw_unit(1, "variable_length", generator) == 0
+    # the uniform draw is still one randint (earlier runs' draws are unchanged)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert draw_unit(n, "uniform", g1) == int(torch.randint(n, (), generator=g2))

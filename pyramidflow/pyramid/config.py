@@ -13,6 +13,7 @@ from pyramidflow.pyramid.schedule import PyramidSchedule
 from pyramidflow.pyramid.transforms import HaarTransform
 
 TEMPORAL_MODES = ("full_sequence", "autoregressive")
+UNIT_DRAWS = ("uniform", "variable_length")  # pyramidflow.pyramid.temporal.unit_probabilities
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TemporalConfig:
     frames_per_unit: int = 1  # frames (model space: latent frames) per autoregressive unit
     corrupt_max: float = 1 / 3  # training history noise level ~ U(0, corrupt_max)
     max_history: int | None = None  # autoregressive: history units kept (the most recent); None: all
+    unit_draw: str = "uniform"  # training: which unit is the current one (docs/maths.md section 7)
 
     def check(self) -> None:
         if self.mode not in TEMPORAL_MODES:
@@ -57,6 +59,8 @@ class TemporalConfig:
             raise PyramidflowError(f"frames_per_unit must be >= 1, got {self.frames_per_unit}")
         if not 0.0 <= self.corrupt_max <= 1.0:
             raise PyramidflowError(f"corrupt_max must lie in [0, 1], got {self.corrupt_max}")
+        if self.unit_draw not in UNIT_DRAWS:
+            raise PyramidflowError(f"unknown unit_draw {self.unit_draw!r}; valid: {', '.join(UNIT_DRAWS)}")
         if self.max_history is not None and self.max_history < 1:
             raise PyramidflowError(f"max_history must be >= 1 (or null for all), got {self.max_history}")
 

@@ -24,6 +24,36 @@ from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid.transforms import HaarTransform
 
 
+def unit_probabilities(num_units: int, rule: str = "uniform") -> Tensor:
+    """Probability of each unit being the current one in a training example (docs/maths.md section 7).
+
+    ``uniform``: 1 / N each. ``variable_length``: the clip is cut to a length L ~ U{1..N} and every
+    unit of it counts, so unit u has weight P(L > u) and
+
+        P(u) = (N - u) / (N (N + 1) / 2),                                    (7.3)
+
+    twice the uniform weight for the first unit, which alone learns to start the motion from the
+    prompt. (N,) float64.
+    """
+    if num_units < 1:
+        raise PyramidflowError(f"num_units must be >= 1, got {num_units}")
+    if rule == "uniform":
+        return torch.full((num_units,), 1.0 / num_units, dtype=torch.float64)
+    if rule == "variable_length":
+        weights = torch.arange(num_units, 0, -1, dtype=torch.float64)
+        return weights / (num_units * (num_units + 1) / 2)
+    raise PyramidflowError(f"unknown unit draw {rule!r}; valid: uniform, variable_length")
+
+
+def draw_unit(num_units: int, rule: str, generator: torch.Generator) -> int:
+    """One unit index drawn by :func:`unit_probabilities` (one draw from ``generator``)."""
+    if num_units == 1:
+        return 0
+    if rule == "uniform":  # kept as one randint so that uniform draws match earlier versions
+        return int(torch.randint(num_units, (), generator=generator))
+    return int(torch.multinomial(unit_probabilities(num_units, rule), 1, generator=generator))
+
+
 def history_levels(num_history: int, stage: int, num_stages: int) -> list[int]:
     """Levels below full resolution of the history units, oldest first (length ``num_history``)."""
     if num_history < 0:

@@ -7,9 +7,10 @@ Each example becomes one token sequence for :meth:`PyramidDiT.forward_packed`:
   :func:`pyramidflow.training.flow_loss.pyramid_flow_loss`, but clips of different lengths (videos and
   one-frame images) share one batch.
 * ``autoregressive`` (Pyramid Flow section 3.3): the clip is cut into units of ``frames_per_unit``
-  frames; a unit u is drawn uniformly, its path point at the drawn stage i is the current segment,
-  and the earlier units are the history, compressed (the last unit at stage i's level, older ones
-  one level lower per unit back, down to the lowest) and corrupted with noise of level
+  frames; a unit u is drawn (``temporal.unit_draw``: uniformly, or as if from clips of variable
+  length), its path point at the drawn stage i is the current segment, and the earlier units
+  are the history, compressed (the last unit at stage i's level, older ones one level lower per
+  unit back, down to the lowest) and corrupted with noise of level
   U(0, ``corrupt_max``) per example. History is labelled clean (timestep 0), exactly as sampling
   sees it; the corruption teaches the model to tolerate its own imperfect history. Attention is
   block-causal over units, and only the current unit is in the loss.
@@ -35,6 +36,7 @@ from pyramidflow.pyramid.temporal import (
     HistoryUnit,
     compress_history,
     corrupt,
+    draw_unit,
     history_levels,
     history_window,
     split_units,
@@ -77,7 +79,7 @@ def draw_example(
     ar = temporal.autoregressive
     units = split_units(x0, temporal.frames_per_unit) if ar else [x0]
     pyramid_units = None if clean_pyramid is None else _pyramid_units(clean_pyramid, x0.shape[2], temporal)
-    u = int(torch.randint(len(units), (), generator=generator)) if len(units) > 1 else 0
+    u = draw_unit(len(units), temporal.unit_draw, generator)
     extra = {"clean_pyramid": [level[u] for level in pyramid_units]} if pyramid_units is not None else {}
     ts = training_sample(units[u], schedule, transform, generator=generator, **path_kwargs, **extra)
     stage = int(ts.stage[0])
