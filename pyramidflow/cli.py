@@ -52,26 +52,44 @@ WAIT_POLICY_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 OPT_OUT = "PYRAMIDFLOW_THREAD_DEFAULTS"  # "0": set nothing (PyTorch's own behaviour)
 LONG_COMMANDS = ("train", "train-vae", "cache-latents")  # the machine's load may change while they run
-BUSY_LOAD = 0.5  # a 1-minute load average from this on means other processes use the cores
+BUSY_CORES = 0.5  # other processes using this many cores' worth of CPU time or more share the machine
+BUSY_LOAD = 0.5  # the same threshold on the 1-minute load average, where /proc/stat cannot be read
 
 
-def machine_is_shared(samples: int = 5, interval: float = 0.01) -> bool:
-    """Whether other processes compete for the CPUs now: a 1-minute load average of ``BUSY_LOAD`` or
-    more, or another runnable task in every one of ``samples`` readings of ``/proc/loadavg`` (the
-    average lags by a minute; a process that keeps a core busy is runnable at every reading). True
-    where the load cannot be read (the safe choice)."""
+def busy_cores(interval: float = 0.1) -> float:
+    """Cores' worth of CPU time used by all processes during ``interval`` seconds, from two readings
+    of ``/proc/stat`` (Linux): (busy jiffies / all jiffies) x CPUs. Called before this process does
+    any work, so it measures the others. Raises OSError where /proc/stat is missing."""
     import time
 
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            # user nice system idle iowait irq softirq steal (guest time is counted in user)
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    busy0, total0 = read()
+    time.sleep(interval)
+    busy1, total1 = read()
+    if total1 <= total0:
+        return 0.0
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def machine_is_shared(interval: float = 0.1) -> bool:
+    """Whether other processes compete for the CPUs now: :func:`busy_cores` of ``BUSY_CORES`` or more
+    over ``interval`` seconds. The CPU time is read rather than the load average because the average
+    lags by a minute: right after another command (``make demo``'s own set-up step) it still reads
+    busy on an idle machine. Where /proc/stat is missing (macOS), a 1-minute load average of
+    ``BUSY_LOAD`` or more; True where neither can be read (the safe choice)."""
     try:
-        if os.getloadavg()[0] >= BUSY_LOAD:
-            return True
-        others = []
-        for _ in range(samples):
-            with open("/proc/loadavg") as f:
-                others.append(int(f.read().split()[3].split("/")[0]) - 1)  # runnable tasks, not counting us
-            time.sleep(interval)
-        return min(others) >= 1
-    except (OSError, AttributeError, ValueError, IndexError):
+        return busy_cores(interval) >= BUSY_CORES
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0] >= BUSY_LOAD
+    except (OSError, AttributeError):
         return True
 
 

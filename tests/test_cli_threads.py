@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -63,12 +64,35 @@ def test_nothing_is_set_once_torch_is_loaded():
     assert cli.thread_defaults("train", env, shared=True) == {} and env == {}
 
 
-def test_a_high_or_unknown_load_means_shared(monkeypatch):
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+def test_a_busy_or_unknown_machine_means_shared(monkeypatch):
+    monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1: 0.8)
     assert cli.machine_is_shared() is True
+    monkeypatch.setattr(cli, "busy_cores", lambda interval=0.1: 0.1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))  # a lagging average is not asked
+    assert cli.machine_is_shared() is False
+
+    def missing(interval=0.1):
+        raise OSError("no /proc/stat here")
+
+    monkeypatch.setattr(cli, "busy_cores", missing)  # e.g. macOS: the load average decides
+    assert cli.machine_is_shared() is True
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert cli.machine_is_shared() is False
 
     def unknown():
         raise OSError("no load average here")
 
     monkeypatch.setattr(os, "getloadavg", unknown)
     assert cli.machine_is_shared() is True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_busy_cores_sees_a_process_that_keeps_a_core_busy():
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 5: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)  # let it start
+        assert cli.busy_cores(0.5) >= 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
