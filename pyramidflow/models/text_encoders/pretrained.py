@@ -69,12 +69,26 @@ def _model_id(path: Path) -> str:
     return f"{path.resolve()}#{digest.hexdigest()[:16]}"
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json")
+
+
+def tokenizer_folder(path: Path) -> Path:
+    """Where the tokenizer of the encoder in ``path`` lives: ``path`` itself, or the sibling
+    ``tokenizer/`` of a diffusers pipeline folder (``text_encoder/`` and ``tokenizer/`` side by side)."""
+    for folder in (path, path.parent / "tokenizer"):
+        if any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return folder
+    raise FileNotFoundError(f"no tokenizer for the text encoder in {path}: none of "
+                            f"{', '.join(TOKENIZER_FILES)} in it or in {path.parent / 'tokenizer'}")
+
+
 class PretrainedTextEncoder(nn.Module, TextEncoderMixin):
     """Frozen encoder + tokenizer loaded from ``path`` (no download)."""
 
     def __init__(self, path: str | Path, max_length: int | None = None, cache_dir: str | Path | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
-        """``max_length`` None: Wan's 512, or the encoder's own limit if that is smaller (CLIP: 77)."""
+                 dtype: torch.dtype = torch.float32, tokenizer_path: str | Path | None = None) -> None:
+        """``max_length`` None: Wan's 512, or the encoder's own limit if that is smaller (CLIP: 77).
+        ``tokenizer_path`` None: ``path``, or the sibling ``tokenizer/`` (:func:`tokenizer_folder`)."""
         super().__init__()
         import transformers
 
@@ -93,7 +107,8 @@ class PretrainedTextEncoder(nn.Module, TextEncoderMixin):
             raise PyramidflowError(f"max_length {max_length} exceeds the encoder's {limit} positions")
         self.model = getattr(transformers, cls_name).from_pretrained(path, local_files_only=True, dtype=dtype)
         self.model.requires_grad_(False).eval()
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer_path = tokenizer_folder(path) if tokenizer_path is None else Path(tokenizer_path)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
         self.max_length = max_length
         self.model_id = _model_id(path)
         self.cache = None if cache_dir is None else EmbeddingCache(cache_dir, self.model_id, max_length)
