@@ -147,7 +147,8 @@ def test_full_sequence_model_and_input_errors(tmp_path):
     with pytest.raises(ValueError, match="needs an autoregressive model"):
         pipe("a red circle", image=torch.zeros(3, 16, 16), progress=False)
     pipe.config.temporal.mode = "autoregressive"  # units of 2 frames: 3 frames do not fit
-    fits = r"num_frames=3 does not fit units of 2 frame\(s\); valid values: 2, 4,"
+    fits = (r"num_frames=3 does not fit this model "
+            r"\(model frames a multiple of 2\); nearest valid counts: 2, 4$")
     with pytest.raises(ValueError, match=fits):
         pipe("a red circle", num_frames=3, progress=False)
     with pytest.raises(ValueError, match="multiple of 16"):

@@ -30,10 +30,10 @@ from pyramidflow.errors import PyramidflowError
 PIPELINE_CLASS = "WanPipeline"
 # component -> the classes this project reads in that slot
 COMPONENTS = {
-    "transformer": ("WanTransformer3DModel",),
+    "transformer": ("WanTransformer3DModel", "PyramidDiT"),
     "vae": ("AutoencoderKLWan",),
     "text_encoder": ("UMT5EncoderModel", "T5EncoderModel"),
-    "tokenizer": ("T5Tokenizer", "T5TokenizerFast", "AutoTokenizer", "TokenizersBackend"),
+    "tokenizer": None,  # any tokenizer class: it is read with AutoTokenizer
     "scheduler": ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler"),
 }
 GENERATION_KEYS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
@@ -80,8 +80,9 @@ def is_wan_folder(path: str | Path) -> bool:
         return False
 
 
-def inspect_wan_folder(path: str | Path) -> WanFolder:
-    """Check that ``path`` is a diffusers Wan text-to-video pipeline folder (no weights are read).
+def inspect_wan_folder(path: str | Path, pipeline_class: str | None = None) -> WanFolder:
+    """Check that ``path`` is a diffusers Wan text-to-video pipeline folder (no weights are read);
+    ``pipeline_class``: the class model_index.json must name (default ``WanPipeline``).
 
     Raises FileNotFoundError / PyramidflowError with one line: the missing file or component, or
     the pipeline / component class found instead of the expected one.
@@ -90,10 +91,10 @@ def inspect_wan_folder(path: str | Path) -> WanFolder:
     if not path.is_dir():
         raise FileNotFoundError(f"no Wan pipeline folder at {path}")
     index = _read_json(path / "model_index.json", f"{path} is not a diffusers pipeline folder")
-    name = index.get("_class_name")
-    if name != PIPELINE_CLASS:
+    name, expected = index.get("_class_name"), pipeline_class or PIPELINE_CLASS
+    if name != expected:
         raise PyramidflowError(f"{path} holds a {name!r} pipeline, not a Wan text-to-video pipeline "
-                               f"({PIPELINE_CLASS})")
+                               f"({expected})")
     if _class_of(index.get("transformer_2")) is not None:
         raise PyramidflowError(f"{path} has two transformers (transformer_2: a Wan2.2 mixture of experts); "
                                "only single-transformer Wan2.1 pipelines are supported")
@@ -102,7 +103,7 @@ def inspect_wan_folder(path: str | Path) -> WanFolder:
         if found is None:
             raise PyramidflowError(f"{path}/model_index.json names no {part} (a Wan T2V pipeline has "
                                    f"{', '.join(COMPONENTS)})")
-        if found not in valid:
+        if valid is not None and found not in valid:
             raise PyramidflowError(f"{path}: the {part} is a {found}, expected {' or '.join(valid)}")
         folder = path / part
         if not folder.is_dir():
@@ -136,15 +137,15 @@ class WanParts:
 
 def load_wan_folder(path: str | Path, dtype: torch.dtype = torch.float32,
                     text_dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32,
-                    max_length: int = 512) -> WanParts:
+                    max_length: int = 512, pipeline_class: str | None = None) -> WanParts:
     """Load the transformer (as :class:`PyramidDiT`, in ``dtype``), the VAE (``vae_dtype``; Wan's
     own pipeline decodes in float32) and the text encoder (``text_dtype``, default ``dtype``) of
-    the Wan pipeline folder at ``path`` (:func:`inspect_wan_folder` first)."""
+    the Wan pipeline folder at ``path`` (:func:`inspect_wan_folder` first, with ``pipeline_class``)."""
     from pyramidflow.models.text_encoders import PretrainedTextEncoder
     from pyramidflow.models.transformer import PyramidDiT
     from pyramidflow.models.vae.wan import WanVAE
 
-    folder = inspect_wan_folder(path)
+    folder = inspect_wan_folder(path, pipeline_class)
     transformer = PyramidDiT.from_pretrained(folder.part("transformer"), torch_dtype=dtype).eval()
     vae = WanVAE.from_pretrained(folder.part("vae"), torch_dtype=vae_dtype)
     text_encoder = PretrainedTextEncoder(folder.part("text_encoder"), max_length=max_length,

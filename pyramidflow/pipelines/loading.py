@@ -60,8 +60,15 @@ def _read(folder: Path, load: Callable[[], T]) -> T:
                                f"({reason[:200]})") from None
 
 
+WAN_CLASSES = ("WanPipeline", "PyramidalWanPipeline")  # read by pyramidflow.pipelines.wan_loading
+
+
 def _from_index(path: Path):
     index = read_json(path / INDEX)
+    if isinstance(index, dict) and index.get("_class_name") in WAN_CLASSES:
+        from pyramidflow.pipelines.wan_loading import load_wan_parts
+
+        return load_wan_parts(path)
     if not isinstance(index, dict) or index.get("_class_name") != "PyramidFlowPipeline":
         name = index.get("_class_name") if isinstance(index, dict) else None
         raise PyramidflowError(f"{path / INDEX} describes {name!r}, not a PyramidFlowPipeline")

@@ -98,25 +98,42 @@ class PyramidFlowPipeline:
 
     # ------------------------------------------------------------------ shapes
     def model_frames(self, num_frames: int) -> int:
-        """Frames in model space for ``num_frames`` video frames; a clear error if they do not fit."""
+        """Frames in model space for ``num_frames`` video frames; a clear error naming the nearest
+        valid counts if they do not fit (the VAE's 1 + k*compression, units, the temporal pyramid)."""
         if num_frames < 1:
             raise PyramidflowError(f"num_frames must be >= 1, got {num_frames}")
-        self.vae.check_frames(num_frames)
         frames = self._frames_or_none(num_frames)
         if frames is None:
-            f = self.config.temporal.frames_per_unit
-            fits = [n for n in range(1, 16 * f + 1) if self._frames_or_none(n) is not None][:6]
-            raise PyramidflowError(f"num_frames={num_frames} does not fit units of {f} frame(s); "
-                                   f"valid values: {', '.join(map(str, fits))}, ...")
+            below = [n for n in range(num_frames - 1, 0, -1) if self._frames_or_none(n) is not None][:1]
+            above = next(n for n in range(num_frames + 1, 64 * num_frames + 64) if self._frames_or_none(n))
+            raise PyramidflowError(f"num_frames={num_frames} does not fit this model ({self._frame_rule()}); "
+                                   f"nearest valid counts: {', '.join(map(str, below + [above]))}")
+        self.vae.check_frames(num_frames)
         return frames
+
+    def _frame_rule(self) -> str:
+        tc, f = self.vae.temporal_compression, self.config.temporal.frames_per_unit
+        rules = [f"1 + {tc}k video frames"] if tc > 1 else []
+        if self.config.temporal.autoregressive and f > 1:
+            rules.append(f"model frames a multiple of {f}")
+        if self.transform.temporal and not self.config.temporal.autoregressive:
+            levels = 2 ** (self.schedule.num_stages - 1)
+            rules.append(f"model frames {'1 + ' if self.transform.causal_first_frame else ''}{levels}k "
+                         f"for {self.schedule.num_stages} spatiotemporal stages")
+        return ", ".join(rules) or "any count"
 
     def _frames_or_none(self, num_frames: int) -> int | None:
         tc = self.vae.temporal_compression
-        if (num_frames - 1) % tc:
+        if num_frames < 1 or (num_frames - 1) % tc:
             return None
         frames = 1 + (num_frames - 1) // tc
-        if self.config.temporal.autoregressive and frames % self.config.temporal.frames_per_unit:
-            return None
+        if self.config.temporal.autoregressive:
+            return None if frames % self.config.temporal.frames_per_unit else frames
+        if self.transform.temporal:  # the clip itself is halved in time at every level
+            levels = 2 ** (self.schedule.num_stages - 1)
+            rest = frames - 1 if self.transform.causal_first_frame else frames
+            if rest < (0 if self.transform.causal_first_frame else levels) or rest % levels:
+                return None
         return frames
 
     def model_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
@@ -135,10 +152,16 @@ class PyramidFlowPipeline:
         return (batch, c, t, h, w)
 
     # ------------------------------------------------------------------ inputs / outputs
-    def encode_prompt(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """(B, L, D) embeddings of the prompts and (1, L, D) of the empty prompt."""
+    def encode_prompt(self, prompts: Sequence[str], negative_prompt: str | Sequence[str] | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        """(B, L, D) embeddings of the prompts and the unconditional ones of guidance: (1, L, D) of
+        the empty prompt, or of the ``negative_prompt`` (one for all, or one per prompt: (B, L, D))."""
         text = self.text_encoder.encode(list(prompts))[0].to(self.dtype)
-        null = self.text_encoder.encode([""])[0].to(self.dtype)
+        negative = [""] if negative_prompt is None else prompt_list(negative_prompt)
+        if len(negative) not in (1, len(prompts)):
+            raise PyramidflowError(f"{len(negative)} negative prompts for {len(prompts)} prompts: give one, "
+                                   "or one per prompt")
+        null = self.text_encoder.encode(negative)[0].to(self.dtype)
         return text, null
 
     def encode_image(self, image, height: int, width: int) -> Tensor:
@@ -175,9 +198,14 @@ class PyramidFlowPipeline:
         output_type: str = "np",
         progress: bool = True,
         callback_on_step_end: Callable | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        latents: Tensor | None = None,
     ) -> PyramidFlowOutput:
         """Generate one clip per prompt. Unset arguments take the model's saved defaults.
 
+        ``negative_prompt``: what guidance steers away from (default the empty prompt).
+        ``latents``: full-sequence models: the starting noise, (B, C, T, h, w) at the coarsest
+        stage's shape (default drawn from ``generator`` / ``seed``).
         ``callback_on_step_end(pipe, step_index, total_steps, info)``: see the module docstring.
         """
         cfg, s = self.config, self.config.sampling
@@ -202,7 +230,7 @@ class PyramidFlowPipeline:
         self.schedule.check_steps(first)
         if generator is None:
             generator = torch.Generator(self.device).manual_seed(0 if seed is None else int(seed))
-        text, null = self.encode_prompt(prompts)
+        text, null = self.encode_prompt(prompts, negative_prompt)
         guided = w_first != 1.0 or w_rest != 1.0
         prefix = []
         if image is not None:
@@ -212,6 +240,9 @@ class PyramidFlowPipeline:
             prefix = [self.encode_image(image, height, width).expand(len(prompts), -1, -1, -1, -1)]
         bar = _Progress(progress, self._evaluations(shape, steps, first, len(prefix)),
                         callback_on_step_end and (lambda *a: callback_on_step_end(self, *a)))
+        if ar and latents is not None:
+            raise PyramidflowError("latents= (the starting noise) is for full-sequence models; an "
+                                   "autoregressive one draws each unit's noise from the generator")
         if ar:
             f = cfg.temporal.frames_per_unit
             both = torch.cat([null.expand_as(text), text]) if guided else text
@@ -224,7 +255,7 @@ class PyramidFlowPipeline:
             fn = guided_velocity(self.transformer, text, null if guided else None, w_rest, w_first,
                                  self.transform)
             latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
-                             device=self.device)
+                             device=self.device, noise=latents)
         bar.close()
         video = self.decode(latents)  # cast to the autoencoder's dtype there
         if output_type == "np":

@@ -72,6 +72,7 @@ def sample(
     step_rule: StepRule = euler_step,
     transition: Transition = haar_jump,
     grad: bool = False,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Generate a full-resolution (B, C, T, H, W) sample.
 
@@ -85,21 +86,29 @@ def sample(
         step_rule: ``rule(x, v, sigma, sigma_next, generator)`` (default :func:`euler_step`).
         transition: ``t(x, schedule, transform, stage, generator)`` between stages (default the jump).
         grad: keep autograd on (default off: no graph is built).
+        noise: the starting point, pure noise at the coarsest stage's shape (default: drawn from
+            ``generator``); later stages still draw their jump noise from ``generator``.
     """
     with torch.set_grad_enabled(grad):
         return _sample(velocity_fn, schedule, transform, shape, steps, generator, sigmas, device, dtype,
-                       callback, step_rule, transition)
+                       callback, step_rule, transition, noise)
 
 
 def _sample(velocity_fn, schedule, transform, shape, steps, generator, sigmas, device, dtype, callback,
-            step_rule, transition) -> Tensor:
+            step_rule, transition, noise=None) -> Tensor:
     grids = stage_grids(schedule, steps, sigmas)
     shape = tuple(int(s) for s in shape)
     coarse = transform.shape_at(shape, schedule.num_stages - 1)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     # sigma_start(0) = 1: the coarsest stage starts from pure noise.
-    x = torch.randn(coarse, generator=generator, device=device, dtype=dtype)
+    if noise is None:
+        x = torch.randn(coarse, generator=generator, device=device, dtype=dtype)
+    elif tuple(noise.shape) != coarse:
+        raise PyramidflowError(f"noise must have the coarsest stage's shape {coarse}, got "
+                               f"{tuple(noise.shape)}")
+    else:
+        x = noise.to(device=device, dtype=dtype)
     batch = shape[0]
     # sigma goes to the network in float32, or float64 when the state is float64 (exact tests).
     sigma_dtype = torch.float64 if dtype == torch.float64 else torch.float32
