@@ -104,3 +104,14 @@ def test_sample_command_on_a_wan_folder(wan_dir, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "17 frames, 64x64" in run.stdout and out.stat().st_size > 0
+
+
+def test_flops_command_reads_a_pipeline_folder(wan_dir, capsys):
+    from pyramidflow.cli import main
+
+    assert main(["flops", "--config", str(wan_dir), "--frames", "17", "--height", "64", "--width", "64",
+                 "--steps", "2-2-1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # latents 2x2x2 / 3x4x4 / 5x8x8, patches 1x2x2
+    assert [s["tokens"] for s in result["per_stage"]] == [2, 12, 80]
+    assert result["spec"]["num_layers"] == 2

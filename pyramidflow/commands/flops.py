@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a known model size")
-    src.add_argument("--config", default=None, help="a transformer config.json (diffusers layout)")
+    src.add_argument("--config", default=None, help="a transformer config.json (diffusers layout), its "
+                     "folder, or a pipeline folder holding transformer/ (a Wan or pyramidal Wan pipeline)")
     p.add_argument("--frames", type=int, default=81, help="video frames (1 + 4k for the Wan VAE)")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
@@ -45,7 +46,8 @@ def compute(args: argparse.Namespace) -> dict:
     if args.config:
         path = Path(args.config)
         if path.is_dir():
-            path = path / "config.json"
+            path = path / "transformer" / "config.json" if (path / "model_index.json").is_file() else (
+                path / "config.json")
         if not path.is_file():
             raise FileNotFoundError(f"transformer config not found: {path}")
         spec = TransformerSpec.from_config(json.loads(path.read_text()), text_len=args.text_len)
