@@ -42,6 +42,7 @@ from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pipelines.images import load_image
 from pyramidflow.pipelines.loading import load_pipeline_parts, move_module, save_pipeline
+from pyramidflow.pipelines.parallel import BatchSplit, enable_parallel
 from pyramidflow.pyramid import sample
 
 
@@ -62,6 +63,7 @@ class PyramidFlowPipeline:
         self.transformer, self.text_encoder = transformer, text_encoder
         self.vae = vae if self.config.space == "latent" else PixelSpace()
         self.schedule, self.transform = self.config.pyramid.build()
+        self.parallel = "none"  # or "ulysses", "cfg": enable_parallel
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -85,6 +87,13 @@ class PyramidFlowPipeline:
         for module in (self.transformer, self.text_encoder, self.vae):
             if isinstance(module, torch.nn.Module):
                 move_module(module, device, dtype)
+        return self
+
+    def enable_parallel(self, mode: str) -> PyramidFlowPipeline:
+        """Run every generation over the processes of a torchrun launch: ``"ulysses"`` (the token
+        sequence sharded) or ``"cfg"`` (the guided batch split); see :mod:`pyramidflow.pipelines.parallel`.
+        Call it on every process, after moving the pipeline to its device."""
+        enable_parallel(self, mode)
         return self
 
     @property
@@ -204,6 +213,7 @@ class PyramidFlowPipeline:
             generator = torch.Generator(self.device).manual_seed(0 if seed is None else int(seed))
         text, null = self.encode_prompt(prompts)
         guided = w_first != 1.0 or w_rest != 1.0
+        model = BatchSplit(self.transformer) if self.parallel == "cfg" else self.transformer
         prefix = []
         if image is not None:
             if not ar:
@@ -215,13 +225,13 @@ class PyramidFlowPipeline:
         if ar:
             f = cfg.temporal.frames_per_unit
             both = torch.cat([null.expand_as(text), text]) if guided else text
-            velocity = UnitVelocity(self.transformer, both, self.schedule.num_stages, use_cache=use_cache)
+            velocity = UnitVelocity(model, both, self.schedule.num_stages, use_cache=use_cache)
             fn = GuidedUnitVelocity(velocity, w_first, w_rest) if guided else velocity
             latents = generate_units(bar.wrap(fn), self.schedule, self.transform, unit, shape[2] // f,
                                      steps, first, generator, prefix, dtype=torch.float32,
                                      max_history=cfg.temporal.max_history)
         else:
-            fn = guided_velocity(self.transformer, text, null if guided else None, w_rest, w_first,
+            fn = guided_velocity(model, text, null if guided else None, w_rest, w_first,
                                  self.transform)
             latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
                              device=self.device)
