@@ -32,6 +32,15 @@ def register(subparsers) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights of a checkpoint, not the EMA")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     add_dtype_argument(p)
+    p.add_argument("--attention", choices=("auto", "sdpa", "flex"), default=None,
+                   help="attention kernels (default: the model's, normally auto = PyTorch SDPA, which picks "
+                   "flash/cuDNN kernels on a GPU, and FlexAttention for irregular masks on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer's blocks (static "
+                   "shapes: the first step of each stage compiles; pays off over many steps)")
+    p.add_argument("--offload", action="store_true", help="keep the text encoder and VAE on the CPU, on the "
+                   "GPU only while they run (saves GPU memory; nothing to do with --device cpu)")
+    p.add_argument("--vae-tiling", type=int, nargs="?", const=32, default=None, metavar="LATENT_PIXELS",
+                   help="decode large frames in tiles of this many latent pixels (default 32), seams blended")
     p.add_argument("--parallel", choices=("none", "ulysses", "cfg"), default="none",
                    help="several processes for one video, under torchrun --nproc_per_node N: ulysses shards "
                    "the token sequence (N must divide the attention heads), cfg splits the guided batch "
@@ -67,8 +76,17 @@ def _generate(args, out: Path, steps, first, device) -> int:
     from pyramidflow.pipelines import PyramidFlowPipeline
 
     main = is_main_process()
-    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=device, use_ema=not args.raw,
+    load_to = "cpu" if args.offload else device  # with --offload only the transformer moves to the device
+    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=load_to, use_ema=not args.raw,
                                                torch_dtype=torch_dtype(args.dtype))
+    if args.offload:
+        pipe.enable_offload(device)
+    if args.attention is not None:
+        pipe.set_attention_backend(args.attention)
+    if args.vae_tiling is not None:
+        pipe.enable_vae_tiling(args.vae_tiling)
+    if args.compile:
+        pipe.compile()
     pipe.enable_parallel(args.parallel)
     result = pipe(args.prompt, num_frames=args.frames, height=args.height, width=args.width,
                   image=args.image, num_inference_steps=steps, first_steps=first,

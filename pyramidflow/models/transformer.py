@@ -120,6 +120,7 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
     _keys_to_ignore_on_load_unexpected = ["norm_added_q"]
     _cp_plan = ULYSSES_PLAN  # sequence parallelism: pyramidflow.models.parallel.enable_ulysses
+    _repeated_blocks = ["PyramidDiTBlock"]  # compile_repeated_blocks: one compiled block serves all
 
     @register_to_config
     def __init__(
@@ -171,6 +172,16 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.token_split = TokenSplit()  # where sequence parallelism cuts the tokens (no parameters)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Choose this model's attention kernels: "auto", "sdpa" or "flex" (docs/maths.md section 13).
+
+        PyramidDiT's attention is its own (block-causal plans), not diffusers' processors, so this sets
+        the ``attention_backend`` config key that every call reads.
+        """
+        if backend not in BACKENDS:
+            raise PyramidflowError(f"unknown attention backend {backend!r}: valid are {', '.join(BACKENDS)}")
+        self.register_to_config(attention_backend=backend)
 
     # ------------------------------------------------------------------ inputs
     def _segment_tokens(self, seg: TokenSegment):

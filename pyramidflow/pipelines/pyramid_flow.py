@@ -43,6 +43,7 @@ from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pipelines.images import load_image
 from pyramidflow.pipelines.loading import load_pipeline_parts, move_module, save_pipeline
 from pyramidflow.pipelines.parallel import BatchSplit, enable_parallel
+from pyramidflow.pipelines.switches import Offload, compile_transformer, vae_tiling
 from pyramidflow.pyramid import sample
 
 
@@ -64,6 +65,8 @@ class PyramidFlowPipeline:
         self.vae = vae if self.config.space == "latent" else PixelSpace()
         self.schedule, self.transform = self.config.pyramid.build()
         self.parallel = "none"  # or "ulysses", "cfg": enable_parallel
+        self.offload = Offload("cpu")  # enable_offload
+        self.tiling: dict = {}  # enable_vae_tiling
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -94,6 +97,36 @@ class PyramidFlowPipeline:
         sequence sharded) or ``"cfg"`` (the guided batch split); see :mod:`pyramidflow.pipelines.parallel`.
         Call it on every process, after moving the pipeline to its device."""
         enable_parallel(self, mode)
+        return self
+
+    # ------------------------------------------------------------------ switches (pipelines.switches)
+    def set_attention_backend(self, backend: str) -> PyramidFlowPipeline:
+        """The transformer's attention kernels: "auto", "sdpa" or "flex"."""
+        self.transformer.set_attention_backend(backend)
+        return self
+
+    def compile(self, **options) -> PyramidFlowPipeline:
+        """``torch.compile`` the transformer's blocks (static shapes: one graph per stage); ``options``
+        go to ``torch.compile``. The first call of each stage compiles."""
+        compile_transformer(self.transformer, **options)
+        return self
+
+    def enable_offload(self, device=None) -> PyramidFlowPipeline:
+        """Keep the text encoder and the autoencoder on the CPU and move each to ``device`` (default:
+        the transformer's) only while it encodes or decodes; the transformer goes to ``device``."""
+        device = self.device if device is None else torch.device(device)
+        move_module(self.transformer, device)
+        for module in (self.text_encoder, self.vae):
+            if isinstance(module, torch.nn.Module):
+                move_module(module, "cpu")
+        self.offload = Offload(device)
+        return self
+
+    def enable_vae_tiling(self, tile_latent: int | None = 32,
+                          overlap: int | None = None) -> PyramidFlowPipeline:
+        """Decode in spatial tiles of ``tile_latent`` latent pixels overlapping by ``overlap`` (default a
+        quarter tile), blended across seams (docs/maths.md section 17); None decodes whole frames."""
+        self.tiling = vae_tiling(tile_latent, overlap)
         return self
 
     @property
@@ -146,15 +179,17 @@ class PyramidFlowPipeline:
     # ------------------------------------------------------------------ inputs / outputs
     def encode_prompt(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(B, L, D) embeddings of the prompts and (1, L, D) of the empty prompt."""
-        text = self.text_encoder.encode(list(prompts))[0].to(self.dtype)
-        null = self.text_encoder.encode([""])[0].to(self.dtype)
+        with self.offload.using(self.text_encoder):
+            text = self.text_encoder.encode(list(prompts))[0].to(self.device, self.dtype)
+            null = self.text_encoder.encode([""])[0].to(self.device, self.dtype)
         return text, null
 
     def encode_image(self, image, height: int, width: int) -> Tensor:
         """A first frame (path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor in [0, 1]),
         resized on the shorter side and centre-cropped to (height, width) -> (1, C, F, h, w)."""
         pixels = load_image(image, height, width).to(self.device)  # (3, H, W) in [0, 1]
-        latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).float()  # the state
+        with self.offload.using(self.vae):  # float32: the sampling state
+            latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).float()
         f = self.config.temporal.frames_per_unit
         if latents.shape[2] != f:
             raise PyramidflowError(f"image-to-video needs units of one model frame (an image encodes to "
@@ -163,7 +198,8 @@ class PyramidFlowPipeline:
 
     def decode(self, latents: Tensor) -> Tensor:
         """Model-space (B, C, T, h, w) -> video (B, T, 3, H, W) in [0, 1]."""
-        return model_to_frames(self.vae.decode(latents.to(self.vae.dtype)))
+        with self.offload.using(self.vae):
+            return model_to_frames(self.vae.decode(latents.to(self.vae.dtype), **self.tiling))
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
