@@ -19,8 +19,10 @@ all text keys. Everything else (modulation, norms, FFN) acts token by token on t
 * Split points: ``token_split`` (an identity module of the transformer) returns the patchified tokens
   (B, S, dim), their rotations (1, S, 1, D/2) and their timestep entries (S,); the plan
   :data:`ULYSSES_PLAN` makes diffusers split these outputs along the tokens. ``proj_out``'s output
-  is gathered back (B, S, C * patch volume) on every process. Fractional RoPE positions are computed
-  for the whole sequence and split with the tokens, so each token keeps its exact position.
+  is gathered back (B, S, C * patch volume) on every process. Fractional RoPE positions
+  (docs/maths.md section 14) are computed for the whole sequence and split with the tokens, so each
+  token keeps its exact position; the attention layout (block causality over units, section 7) is
+  planned from the whole sequence's ids, since every process attends over all tokens.
 * Lengths: the sequence must split evenly over N processes; it is padded at its end with at most
   N - 1 tokens (:func:`pad_tokens`) whose unit is larger than every real one. Real queries never
   see them (block causality), they are dropped from the history cache and from the output, so the

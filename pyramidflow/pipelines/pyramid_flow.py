@@ -21,6 +21,10 @@ evaluation (one Euler step of one unit or of the whole clip, both guidance branc
 ``step_index`` counts from 0 to ``total_steps - 1`` over the whole call and ``info`` holds ``stage``
 (int), ``unit`` (autoregressive: the unit being generated, else None) and ``sigma`` (the (B,) tensor
 the network was evaluated at). Its return value is ignored; raising from it stops the generation.
+
+Several processes (``enable_parallel``: Ulysses sequence parallelism or CFG parallelism,
+:mod:`pyramidflow.pipelines.parallel`) and the speed and memory switches (``set_attention_backend``,
+``compile``, ``enable_offload``, ``enable_vae_tiling``: :mod:`pyramidflow.pipelines.switches`).
 """
 
 from __future__ import annotations
