@@ -32,15 +32,26 @@ def register(subparsers) -> None:
     p.add_argument("--raw", action="store_true", help="use the raw weights of a checkpoint, not the EMA")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     add_dtype_argument(p)
+    p.add_argument("--attention", choices=("auto", "sdpa", "flex"), default=None,
+                   help="attention kernels (default: the model's, normally auto = PyTorch SDPA, which picks "
+                   "flash/cuDNN kernels on a GPU, and FlexAttention for irregular masks on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer's blocks (static "
+                   "shapes: the first step of each stage compiles; pays off over many steps)")
+    p.add_argument("--offload", action="store_true", help="keep the text encoder and VAE on the CPU, on the "
+                   "GPU only while they run (saves GPU memory; nothing to do with --device cpu)")
+    p.add_argument("--vae-tiling", type=int, nargs="?", const=32, default=None, metavar="LATENT_PIXELS",
+                   help="decode large frames in tiles of this many latent pixels (default 32), seams blended")
+    p.add_argument("--parallel", choices=("none", "ulysses", "cfg"), default="none",
+                   help="several processes for one video, under torchrun --nproc_per_node N: ulysses shards "
+                   "the token sequence (N must divide the attention heads), cfg splits the guided batch "
+                   "(conditional and unconditional halves on two processes). Only the first process writes.")
     p.add_argument("--out", required=True, help="output file: .mp4, .gif, or .png/.jpg for one frame")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidflow.commands._parse import int_list, parse_device, torch_dtype
-    from pyramidflow.io import write_video
-    from pyramidflow.pipelines import PyramidFlowPipeline
+    from pyramidflow.commands._parse import int_list, parse_device
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif", ".png", ".jpg", ".jpeg"):
@@ -48,16 +59,45 @@ def run(args: argparse.Namespace) -> int:
     steps = int_list(args.steps, "steps") if args.steps is not None else None
     first = int_list(args.first_steps, "first-steps") if args.first_steps is not None else None
     device = parse_device(args.device)
-    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=device, use_ema=not args.raw,
+    if args.parallel == "none":
+        return _generate(args, out, steps, first, device)
+    from pyramidflow.pipelines.parallel import close_processes, init_processes
+
+    try:
+        return _generate(args, out, steps, first, init_processes(device))
+    finally:
+        close_processes()
+
+
+def _generate(args, out: Path, steps, first, device) -> int:
+    from pyramidflow.commands._parse import torch_dtype
+    from pyramidflow.io import write_video
+    from pyramidflow.io.run_dir import is_main_process
+    from pyramidflow.pipelines import PyramidFlowPipeline
+
+    main = is_main_process()
+    load_to = "cpu" if args.offload else device  # with --offload only the transformer moves to the device
+    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint, device=load_to, use_ema=not args.raw,
                                                torch_dtype=torch_dtype(args.dtype))
+    if args.offload:
+        pipe.enable_offload(device)
+    if args.attention is not None:
+        pipe.set_attention_backend(args.attention)
+    if args.vae_tiling is not None:
+        pipe.enable_vae_tiling(args.vae_tiling)
+    if args.compile:
+        pipe.compile()
+    pipe.enable_parallel(args.parallel)
     result = pipe(args.prompt, num_frames=args.frames, height=args.height, width=args.width,
                   image=args.image, num_inference_steps=steps, first_steps=first,
                   guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=args.seed,
-                  use_cache=not args.no_cache, output_type="pt", progress=not args.quiet)
+                  use_cache=not args.no_cache, output_type="pt", progress=main and not args.quiet)
     video = result.frames[0]
     if out.suffix.lower() in (".png", ".jpg", ".jpeg") and video.shape[0] != 1:
         raise ValueError(f"--out {out.name} holds one frame, but {video.shape[0]} were generated: "
                          "use .mp4 or .gif, or --frames 1")
+    if not main:  # other processes of a parallel launch computed the same video
+        return 0
     write_video(out, video.cpu(), fps=pipe.config.fps)
     count = video.shape[0]
     print(f"wrote {out} ({count} frame{'s' if count != 1 else ''}, {video.shape[2]}x{video.shape[3]})")

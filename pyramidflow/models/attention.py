@@ -247,6 +247,7 @@ class Attention(nn.Module):
         past: tuple[Tensor, Tensor] | None = None,
         backend: str = "auto",
         context_kv: tuple[Tensor, Tensor] | None = None,
+        exchange=None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: (B, S, dim). Self-attention if ``context`` and ``context_kv`` are None, else cross-attention.
 
@@ -255,6 +256,9 @@ class Attention(nn.Module):
         ``past``: cached keys and values (B, N, heads, head_dim) placed before x's own (history).
         ``context_kv``: the context's keys and values (B, L, heads, head_dim) as :meth:`key_value`
         computed them (the text cache); ``context`` is then not needed.
+        ``exchange``: under sequence parallelism (:class:`pyramidflow.models.parallel.UlyssesExchange`)
+        x is this process's token shard; self-attention then runs on the whole sequence for this
+        process's heads, and the keys/values returned (and ``past``) are (B, N, heads / processes, head_dim).
         Returns the output (B, S, dim) and x's (or the context's) own keys and values.
         """
         q = self.query(x, rope)
@@ -262,8 +266,19 @@ class Attention(nn.Module):
             k, v = context_kv
         else:
             k, v = self.key_value(x if context is None else context, rope if context is None else None)
-        own = (k, v)
+        shard = exchange is not None and context is None and context_kv is None
+        if shard:  # sequence shard, all heads -> whole sequence, this process's heads
+            q, k, v = exchange.to_heads(q), exchange.to_heads(k), exchange.to_heads(v)
+            own = (exchange.real(k), exchange.real(v))
+        else:
+            own = (k, v)
         if past is not None:
+            if past[0].shape[2] != k.shape[2]:
+                raise PyramidflowError(f"history cache holds {past[0].shape[2]} heads per process, this "
+                                       f"call {k.shape[2]}: rebuild it under the same parallel setting")
             k, v = torch.cat((past[0], k), dim=1), torch.cat((past[1], v), dim=1)
-        out = attend(q, k, v, layout, backend).flatten(2).type_as(q)
+        out = attend(q, k, v, layout, backend)
+        if shard:
+            out = exchange.to_tokens(out)
+        out = out.flatten(2).type_as(q)
         return self.to_out[1](self.to_out[0](out)), own

@@ -14,6 +14,9 @@ per-token timesteps included). Beside it, a token-level API for pyramidal and au
 * :meth:`PyramidDiT.forward_packed`: samples with different token counts (different stages)
   packed into one sequence with per-sample attention, for mixed-stage training.
 
+Inference can shard the token sequence over several processes (Ulysses attention through diffusers'
+context-parallel hooks and the ``_cp_plan`` below): :func:`pyramidflow.models.parallel.enable_ulysses`.
+
 Image-to-video Wan variants (``image_dim``, ``added_kv_proj_dim``, ``pos_embed_seq_len``) are not
 supported and are rejected at construction.
 """
@@ -35,6 +38,15 @@ from torch import Tensor, nn
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.attention import BACKENDS, Attention, AttentionLayout
 from pyramidflow.models.embeddings import FeedForward, FP32LayerNorm, TimeTextEmbedding
+from pyramidflow.models.parallel import (
+    ULYSSES_PLAN,
+    TokenSplit,
+    UlyssesExchange,
+    local_tables,
+    pad_tokens,
+    token_entries,
+    ulysses_config,
+)
 from pyramidflow.models.rope import grid_rotation
 from pyramidflow.models.segments import TEXT_UNIT, HistoryCache, Modulation, TextCache, TokenSegment
 
@@ -55,16 +67,18 @@ class PyramidDiTBlock(nn.Module):
     def forward(self, x: Tensor, text: Tensor | None, mod: Modulation, rope: Tensor,
                 self_layout: AttentionLayout | None, cross_layout: AttentionLayout | None,
                 past: tuple[Tensor, Tensor] | None = None, backend: str = "auto",
-                text_kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                text_kv: tuple[Tensor, Tensor] | None = None, exchange=None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: (B, S, dim); text: (B, L, dim), or None with ``text_kv``, this block's cross-attention keys
         and values of the text (B, L, heads, head_dim) from a :class:`TextCache`; rope: complex
-        rotations (``rope.grid_rotation``).
+        rotations (``rope.grid_rotation``); exchange: the sequence-parallel all-to-all
+        (:mod:`pyramidflow.models.parallel`), x then being this process's token shard.
 
         Returns x and this block's self-attention keys/values.
         """
         shift, scale, gate, c_shift, c_scale, c_gate = mod.vectors(self.scale_shift_table)
         h = mod.apply(self.norm1.modulate, [x], [scale, shift])
-        out, kv = self.attn1(h, rope=rope, layout=self_layout, past=past, backend=backend)
+        out, kv = self.attn1(h, rope=rope, layout=self_layout, past=past, backend=backend, exchange=exchange)
         x = mod.apply(_gated_add, [x, out], [gate])
         h = self.norm2(x.float()).type_as(x)
         x = x + self.attn2(h, context=text, layout=cross_layout, backend=backend, context_kv=text_kv)[0]
@@ -105,6 +119,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
     _keep_in_fp32_modules = ["time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"]
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
     _keys_to_ignore_on_load_unexpected = ["norm_added_q"]
+    _cp_plan = ULYSSES_PLAN  # sequence parallelism: pyramidflow.models.parallel.enable_ulysses
+    _repeated_blocks = ["PyramidDiTBlock"]  # compile_repeated_blocks: one compiled block serves all
 
     @register_to_config
     def __init__(
@@ -153,8 +169,19 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         )
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, out_channels * math.prod(patch_size))
+        self.token_split = TokenSplit()  # where sequence parallelism cuts the tokens (no parameters)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Choose this model's attention kernels: "auto", "sdpa" or "flex" (docs/maths.md section 13).
+
+        PyramidDiT's attention is its own (block-causal plans), not diffusers' processors, so this sets
+        the ``attention_backend`` config key that every call reads.
+        """
+        if backend not in BACKENDS:
+            raise PyramidflowError(f"unknown attention backend {backend!r}: valid are {', '.join(BACKENDS)}")
+        self.register_to_config(attention_backend=backend)
 
     # ------------------------------------------------------------------ inputs
     def _segment_tokens(self, seg: TokenSegment):
@@ -208,7 +235,7 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         mod = Modulation(temb.unsqueeze(2), repeats)
         shift, scale = mod.vectors(self.scale_shift_table)
         x = mod.apply(self.norm_out.modulate, [x], [scale, shift])
-        x = self.proj_out(x)  # (B, S, C * pt * ph * pw)
+        x = self.proj_out(x)[:, :sum(g[-1] for g in grids)]  # (B, S, C * pt * ph * pw), without padding
         pt, ph, pw = self.config.patch_size
         outs = []
         for part, (f, h, w, _) in zip(x.split([g[-1] for g in grids], dim=1), grids, strict=True):
@@ -224,6 +251,8 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         text: (B, L, text_dim) encoder hidden states; it may be None when ``text_cache`` holds their
         cross-attention keys and values (then the text embedding and the text projections are skipped).
+        Under sequence parallelism (:mod:`pyramidflow.models.parallel`) x, temb and the repeats are
+        this process's shard of the tokens, and the k/v its heads of every real token.
         """
         repeats = tok.repeats
         m, s = tok.timesteps.shape[1], tok.x.shape[1]
@@ -237,28 +266,39 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         else:
             text_shape, text_dtype = tuple(text.shape), text.dtype
         temb, mod_table = self.condition_embedder.time(tok.timesteps, text_dtype)
-        mod = Modulation(mod_table, repeats)
         if cache is not None:
             cache.check(tok.x.shape[0], text_shape, tok.units)
         text = None if text_cache is not None else self.condition_embedder.text(text)
-        rope = tok.rope
+        x, rope, units, samples, exchange, pad = tok.x, tok.rope, tok.units, tok.samples, None, 0
+        cp = ulysses_config(self)
+        if cp is not None:  # sequence parallelism: this process keeps a shard of the (padded) tokens
+            if text_samples is not None:
+                raise PyramidflowError("sequence parallelism serves forward, forward_tokens and "
+                                       "build_history_cache, not packed samples")
+            entries = token_entries(m, s, tok.repeats, x.device)
+            x, rope, units, samples, entries, pad = pad_tokens(cp.ulysses_degree, x, rope, units, samples,
+                                                               entries)
+            x, rope, entries = self.token_split(x, rope, entries)
+            (temb, mod_table), repeats = local_tables(entries, temb, mod_table)
+            exchange = UlyssesExchange(cp, s)
+        mod = Modulation(mod_table, repeats)
 
-        k_units, k_samples = tok.units, tok.samples
+        k_units, k_samples = units, samples
         if cache is not None:
-            k_units = torch.cat((cache.units.to(tok.units.device), tok.units))
-            k_samples = torch.cat((torch.zeros_like(cache.units, device=tok.units.device), tok.samples))
-        single = cache is None and len(tok.grids) == 1  # one segment: everyone sees everyone
-        self_layout = None if single else AttentionLayout(tok.samples, tok.units, k_samples, k_units)
+            k_units = torch.cat((cache.units.to(units.device), units))
+            k_samples = torch.cat((torch.zeros_like(cache.units, device=units.device), samples))
+        single = cache is None and len(tok.grids) == 1 and not pad  # one segment: everyone sees everyone
+        self_layout = None if single else AttentionLayout(samples, units, k_samples, k_units)
         cross_layout = None
         if text_samples is not None:
             cross_layout = AttentionLayout(tok.samples, tok.units, text_samples,
                                            torch.full_like(text_samples, TEXT_UNIT))
         backend = self.config.attention_backend
-        x, kvs = tok.x, []
+        kvs = []
         for i, block in enumerate(self.blocks):
             past = None if cache is None else (cache.keys[i], cache.values[i])
             text_kv = None if text_cache is None else (text_cache.keys[i], text_cache.values[i])
-            args = (x, text, mod, rope, self_layout, cross_layout, past, backend, text_kv)
+            args = (x, text, mod, rope, self_layout, cross_layout, past, backend, text_kv, exchange)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x, kv = self._gradient_checkpointing_func(block, *args)
             else:

@@ -21,6 +21,10 @@ evaluation (one Euler step of one unit or of the whole clip, both guidance branc
 ``step_index`` counts from 0 to ``total_steps - 1`` over the whole call and ``info`` holds ``stage``
 (int), ``unit`` (autoregressive: the unit being generated, else None) and ``sigma`` (the (B,) tensor
 the network was evaluated at). Its return value is ignored; raising from it stops the generation.
+
+Several processes (``enable_parallel``: Ulysses sequence parallelism or CFG parallelism,
+:mod:`pyramidflow.pipelines.parallel`) and the speed and memory switches (``set_attention_backend``,
+``compile``, ``enable_offload``, ``enable_vae_tiling``: :mod:`pyramidflow.pipelines.switches`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity, guided_velocity
 from pyramidflow.pipelines.images import load_image
 from pyramidflow.pipelines.loading import load_pipeline_parts, move_module, save_pipeline
+from pyramidflow.pipelines.parallel import BatchSplit, enable_parallel
+from pyramidflow.pipelines.switches import Offload, compile_transformer, vae_tiling
 from pyramidflow.pyramid import sample
 
 
@@ -62,6 +68,9 @@ class PyramidFlowPipeline:
         self.transformer, self.text_encoder = transformer, text_encoder
         self.vae = vae if self.config.space == "latent" else PixelSpace()
         self.schedule, self.transform = self.config.pyramid.build()
+        self.parallel = "none"  # or "ulysses", "cfg": enable_parallel
+        self.offload = Offload("cpu")  # enable_offload
+        self.tiling: dict = {}  # enable_vae_tiling
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -85,6 +94,43 @@ class PyramidFlowPipeline:
         for module in (self.transformer, self.text_encoder, self.vae):
             if isinstance(module, torch.nn.Module):
                 move_module(module, device, dtype)
+        return self
+
+    def enable_parallel(self, mode: str) -> PyramidFlowPipeline:
+        """Run every generation over the processes of a torchrun launch: ``"ulysses"`` (the token
+        sequence sharded) or ``"cfg"`` (the guided batch split); see :mod:`pyramidflow.pipelines.parallel`.
+        Call it on every process, after moving the pipeline to its device."""
+        enable_parallel(self, mode)
+        return self
+
+    # ------------------------------------------------------------------ switches (pipelines.switches)
+    def set_attention_backend(self, backend: str) -> PyramidFlowPipeline:
+        """The transformer's attention kernels: "auto", "sdpa" or "flex"."""
+        self.transformer.set_attention_backend(backend)
+        return self
+
+    def compile(self, **options) -> PyramidFlowPipeline:
+        """``torch.compile`` the transformer's blocks (static shapes: one graph per stage); ``options``
+        go to ``torch.compile``. The first call of each stage compiles."""
+        compile_transformer(self.transformer, **options)
+        return self
+
+    def enable_offload(self, device=None) -> PyramidFlowPipeline:
+        """Keep the text encoder and the autoencoder on the CPU and move each to ``device`` (default:
+        the transformer's) only while it encodes or decodes; the transformer goes to ``device``."""
+        device = self.device if device is None else torch.device(device)
+        move_module(self.transformer, device)
+        for module in (self.text_encoder, self.vae):
+            if isinstance(module, torch.nn.Module):
+                move_module(module, "cpu")
+        self.offload = Offload(device)
+        return self
+
+    def enable_vae_tiling(self, tile_latent: int | None = 32,
+                          overlap: int | None = None) -> PyramidFlowPipeline:
+        """Decode in spatial tiles of ``tile_latent`` latent pixels overlapping by ``overlap`` (default a
+        quarter tile), blended across seams (docs/maths.md section 17); None decodes whole frames."""
+        self.tiling = vae_tiling(tile_latent, overlap)
         return self
 
     @property
@@ -156,19 +202,21 @@ class PyramidFlowPipeline:
                       ) -> tuple[Tensor, Tensor]:
         """(B, L, D) embeddings of the prompts and the unconditional ones of guidance: (1, L, D) of
         the empty prompt, or of the ``negative_prompt`` (one for all, or one per prompt: (B, L, D))."""
-        text = self.text_encoder.encode(list(prompts))[0].to(self.dtype)
         negative = [""] if negative_prompt is None else prompt_list(negative_prompt)
         if len(negative) not in (1, len(prompts)):
             raise PyramidflowError(f"{len(negative)} negative prompts for {len(prompts)} prompts: give one, "
                                    "or one per prompt")
-        null = self.text_encoder.encode(negative)[0].to(self.dtype)
+        with self.offload.using(self.text_encoder):
+            text = self.text_encoder.encode(list(prompts))[0].to(self.device, self.dtype)
+            null = self.text_encoder.encode(negative)[0].to(self.device, self.dtype)
         return text, null
 
     def encode_image(self, image, height: int, width: int) -> Tensor:
         """A first frame (path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor in [0, 1]),
         resized on the shorter side and centre-cropped to (height, width) -> (1, C, F, h, w)."""
         pixels = load_image(image, height, width).to(self.device)  # (3, H, W) in [0, 1]
-        latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).float()  # the state
+        with self.offload.using(self.vae):  # float32: the sampling state
+            latents = self.vae.encode(frames_to_model(pixels[None, None]).to(self.vae.dtype)).float()
         f = self.config.temporal.frames_per_unit
         if latents.shape[2] != f:
             raise PyramidflowError(f"image-to-video needs units of one model frame (an image encodes to "
@@ -177,7 +225,8 @@ class PyramidFlowPipeline:
 
     def decode(self, latents: Tensor) -> Tensor:
         """Model-space (B, C, T, h, w) -> video (B, T, 3, H, W) in [0, 1]."""
-        return model_to_frames(self.vae.decode(latents.to(self.vae.dtype)))
+        with self.offload.using(self.vae):
+            return model_to_frames(self.vae.decode(latents.to(self.vae.dtype), **self.tiling))
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -232,6 +281,7 @@ class PyramidFlowPipeline:
             generator = torch.Generator(self.device).manual_seed(0 if seed is None else int(seed))
         text, null = self.encode_prompt(prompts, negative_prompt)
         guided = w_first != 1.0 or w_rest != 1.0
+        model = BatchSplit(self.transformer) if self.parallel == "cfg" else self.transformer
         prefix = []
         if image is not None:
             if not ar:
@@ -246,13 +296,13 @@ class PyramidFlowPipeline:
         if ar:
             f = cfg.temporal.frames_per_unit
             both = torch.cat([null.expand_as(text), text]) if guided else text
-            velocity = UnitVelocity(self.transformer, both, self.schedule.num_stages, use_cache=use_cache)
+            velocity = UnitVelocity(model, both, self.schedule.num_stages, use_cache=use_cache)
             fn = GuidedUnitVelocity(velocity, w_first, w_rest) if guided else velocity
             latents = generate_units(bar.wrap(fn), self.schedule, self.transform, unit, shape[2] // f,
                                      steps, first, generator, prefix, dtype=torch.float32,
                                      max_history=cfg.temporal.max_history)
         else:
-            fn = guided_velocity(self.transformer, text, null if guided else None, w_rest, w_first,
+            fn = guided_velocity(model, text, null if guided else None, w_rest, w_first,
                                  self.transform)
             latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
                              device=self.device, noise=latents)
