@@ -154,3 +154,44 @@ def test_unreadable_files_are_left_out_never_duplicated(tmp_path, vae, capsys):
     assert "left out 5 unreadable files" in capsys.readouterr().out
     header = lc.LatentCacheDataset(tmp_path / "c2").header
     assert header["fps"] == 8 and header["stride"] == 4 and len(lc.LatentCacheDataset(tmp_path / "c2")) == 5
+
+
+class WanClips(torch.utils.data.Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return {"video": torch.rand(17, 3, 32, 32, generator=torch.Generator().manual_seed(i)),
+                "caption": f"clip {i}", "path": f"w{i}.mp4"}
+
+
+def test_definition2_targets_are_the_video_lowered_in_pixels_then_encoded(tmp_path):
+    # 17 frames -> 9 -> 5 (causal first frame kept apart, pairs of later frames averaged), H and W
+    # halved per level; each lowered video is encoded by the same VAE (docs/maths.md section 6).
+    from wan_folder import build_wan_pipeline
+
+    from pyramidflow.models.vae.wan import WanVAE
+    from pyramidflow.pyramid import HaarTransform
+
+    vae = WanVAE(build_wan_pipeline().vae)
+    transform = HaarTransform(temporal=True, causal_first_frame=True)
+    build_latent_cache(WanClips(), vae, tmp_path, shard_size=2, show_progress=False, pyramid_levels=2,
+                       pyramid_transform=transform)
+    cache = lc.LatentCacheDataset(tmp_path, verify=True)
+    assert cache.header["pyramid_levels"] == 2
+    item = next(cache[k] for k in range(3) if cache[k]["source"] == "w1.mp4")
+    pyramid = item["clean_pyramid"]
+    assert [tuple(z.shape) for z in pyramid] == [(4, 2, 1, 1), (4, 3, 2, 2), (4, 5, 4, 4)]
+    assert torch.equal(pyramid[-1], item["latents"])
+    x = WanClips()[1]["video"].permute(1, 0, 2, 3)[None] * 2 - 1  # (1, 3, 17, 32, 32) in [-1, 1]
+    with torch.no_grad():
+        for level, z in zip((2, 1), pyramid[:2], strict=True):
+            low = x
+            for _ in range(level):  # independent of HaarTransform: pooling by hand
+                first = torch.nn.functional.avg_pool3d(low[:, :, :1], (1, 2, 2))
+                rest = torch.nn.functional.avg_pool3d(low[:, :, 1:], (2, 2, 2))
+                low = torch.cat([first, rest], 2)
+            ref = vae.vae.encode(low).latent_dist.mean[0]  # latents_mean 0, std 1: already normalised
+            torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(PyramidflowError, match="needs the pyramid's transform"):
+        build_latent_cache(WanClips(), vae, tmp_path / "x", pyramid_levels=1, show_progress=False)

@@ -30,6 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-latents", type=int, default=None, help="encode this many latents at a time")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--text-encoder", default=None, help="text encoder folder (embeddings stored too)")
+    p.add_argument("--pyramid-levels", type=int, default=0, help="also store the definition-2 clean targets "
+                   "of a pyramid this many levels deep: the video lowered in pixel space, then encoded "
+                   "(docs/maths.md section 6; 2 for three stages)")
+    p.add_argument("--pyramid", choices=("causal", "spatiotemporal", "spatial"), default="causal",
+                   help="how a level lowers the video: causal first frame (Wan, default), 2x2x2, or 2x2")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -37,6 +42,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyramidflow.commands._parse import parse_device
     from pyramidflow.models.vae import load_vae
+    from pyramidflow.pyramid import HaarTransform
     from pyramidflow.training.vae.cache import build_latent_cache
     from pyramidflow.training.vae.data import manifest_clips, text_encode_fn
 
@@ -52,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     text = text_encode_fn(args.text_encoder, dev) if args.text_encoder else None
     extra = {"manifest": str(args.manifest), "frames": frames, "height": height, "width": width,
              "fps": args.fps, "stride": args.stride}
+    if args.pyramid_levels < 0:
+        raise ValueError(f"--pyramid-levels must be >= 0, got {args.pyramid_levels}")
+    transform = HaarTransform(temporal=args.pyramid != "spatial", causal_first_frame=args.pyramid == "causal")
     result = build_latent_cache(
         dataset,
         vae,
@@ -63,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_latents=args.chunk_latents,
         header_extra=extra,
         show_progress=not args.quiet,
+        pyramid_levels=args.pyramid_levels,
+        pyramid_transform=transform,
     )
     index, skips = result["index"], getattr(dataset, "skipped", None)
     bad = skips.count if skips is not None else len(result["unreadable"])  # files, found early or late

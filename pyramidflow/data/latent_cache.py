@@ -135,7 +135,9 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     """Items of a latent cache: ``{"latents": (C, T, h, w), "caption": str, ...}``.
 
     ``latents`` are already normalised with the stored per-channel statistics (``header``); text
-    embeddings appear as ``text_embeds`` (L, D) and ``text_mask`` (L,) when the cache holds them.
+    embeddings appear as ``text_embeds`` (L, D) and ``text_mask`` (L,) when the cache holds them, and
+    a cache built with ``pyramid_levels`` L gives ``clean_pyramid``: the definition-2 clean signals,
+    coarse to fine (level L, ..., level 1, then ``latents``), as the flow-matching method reads them.
     ``verify=True`` checks every shard's sha256 on open.
     """
 
@@ -179,4 +181,8 @@ class LatentCacheDataset(torch.utils.data.Dataset):
             if item.get("text_shape") is not None:
                 out["text_embeds"] = fh.get_tensor(f"text.{key}")
                 out["text_mask"] = fh.get_tensor(f"text_mask.{key}")
+            levels = int(self.header.get("pyramid_levels", 0))
+            if levels:
+                lowered = [fh.get_tensor(f"pyramid.{level}.{key}") for level in range(levels, 0, -1)]
+                out["clean_pyramid"] = [*lowered, out["latents"]]
         return out

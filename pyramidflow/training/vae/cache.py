@@ -2,8 +2,11 @@
 
 Each clip is encoded once with the posterior mean (deterministic) and stored already normalised
 (z - mean_c) / std_c, together with its caption and, when a text encoder is given, its text
-embedding. Work is split by shard, so several processes (``worker_id`` of ``num_workers``) can fill
-one cache, and a re-run skips complete shards.
+embedding. With ``pyramid_levels`` L > 0 the definition-2 clean targets of the pyramid are stored
+too (docs/maths.md section 6): for each level l = 1..L the video is lowered l times *in pixel space*
+by the pyramid's transform (block means; with a causal first frame 81 -> 41 -> 21 frames, halving H
+and W) and encoded, so training never re-encodes. Work is split by shard, so several processes
+(``worker_id`` of ``num_workers``) can fill one cache, and a re-run skips complete shards.
 
 Maths: docs/maths.md section 17.
 """
@@ -24,6 +27,7 @@ from pyramidflow.data.latent_cache import (
     write_index,
     write_shard,
 )
+from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae import VideoAutoencoder
 from pyramidflow.training.vae.data import as_clip, to_model_range
 
@@ -67,11 +71,20 @@ def build_latent_cache(
     chunk_latents: int | None = None,
     header_extra: dict[str, Any] | None = None,
     show_progress: bool = True,
+    pyramid_levels: int = 0,
+    pyramid_transform=None,
 ) -> dict[str, Any]:
     """Encode this worker's shards of ``dataset``; returns ``{"written", "skipped", "unreadable",
     "index"}``: shards written, shards already complete, clips that could not be read (left out of
-    the cache, never replaced by another clip) and the merged index."""
+    the cache, never replaced by another clip) and the merged index. ``pyramid_levels`` /
+    ``pyramid_transform`` (a :class:`~pyramidflow.pyramid.HaarTransform`): the definition-2 targets
+    (module docstring), stored as ``pyramid.{l}.{key}``."""
     out_dir = Path(out_dir)
+    if pyramid_levels and pyramid_transform is None:
+        raise PyramidflowError("pyramid_levels needs the pyramid's transform (pyramid_transform)")
+    if pyramid_levels:
+        header_extra = {**(header_extra or {}), "pyramid_levels": int(pyramid_levels),
+                        "pyramid_transform": repr(pyramid_transform)}
     ranges = shard_ranges(len(dataset), shard_size)
     header = vae_header(vae, {"text_embeddings": text_encoder is not None, **(header_extra or {})})
     device = next(vae.parameters()).device
@@ -95,10 +108,15 @@ def build_latent_cache(
             clips = [as_clip(r) for r in raw]  # (T, 3, H, W) each
             x = to_model_range(clips).to(device, dtype)
             z = vae.encode(x, chunk_latents=chunk_latents).float().cpu()  # (B, C, T, h, w)
+            lowered = [vae.encode(pyramid_transform.down(x.float(), level).to(dtype),
+                                  chunk_latents=chunk_latents).float().cpu()
+                       for level in range(1, pyramid_levels + 1)]  # (B, C, T_l, h_l, w_l) each
             metas = [_item_meta(r, i) for r, i in zip(raw, batch_idx, strict=True)]
             text = text_encoder([m[0] for m in metas]) if text_encoder is not None else None
             for j, i in enumerate(batch_idx):
                 tensors[f"latents.{i}"] = z[j]
+                for level, zl in enumerate(lowered, start=1):
+                    tensors[f"pyramid.{level}.{i}"] = zl[j]
                 item = {"key": i, "caption": metas[j][0], "source": metas[j][1], "frames": clips[j].shape[0]}
                 item.update(latent_shape=list(z[j].shape), height=clips[j].shape[2], width=clips[j].shape[3])
                 item["text_shape"] = None
