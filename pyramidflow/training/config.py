@@ -100,6 +100,7 @@ class TrainConfig:
     output_dir: str = "outputs/train"
     space: str = "pixel"  # pixel | latent
     vae: str | None = None  # latent space: a saved VAE folder (ours or diffusers' AutoencoderKLWan)
+    wan: str | None = None  # start from a diffusers WanPipeline folder (fills vae, text encoder, model)
     num_threads: int = 0  # CPU threads for torch (0: torch's default)
     validation_prompts: int = 16  # clips sampled and evaluated at each validation
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,6 +113,8 @@ class TrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def check(self) -> None:
+        if self.wan:
+            self.apply_wan()
         check_seed(self.loop.seed, "loop.seed")
         check_seed(self.data.seed, "data.seed")
         if self.space not in SPACES:
@@ -131,6 +134,21 @@ class TrainConfig:
         if len(self.sampling.steps) != self.pyramid.num_stages:
             raise PyramidflowError(f"sampling.steps {list(self.sampling.steps)} needs one entry per stage "
                                    f"({self.pyramid.num_stages})")
+
+    def apply_wan(self) -> None:
+        """Fill what a run from the Wan pipeline folder ``wan`` needs and was left unset: latent space,
+        ``vae`` (its vae/), a frozen pretrained text encoder (its text_encoder/, tokenizer beside it),
+        ``model.pretrained`` (its transformer/, loaded as PyramidDiT). The filled values are written
+        into the run's config, so checkpoints name the folders they came from."""
+        from pyramidflow.models.wan_folder import inspect_wan_folder
+
+        folder = inspect_wan_folder(self.wan)
+        if self.space == "pixel" and self.vae is None:
+            self.space = "latent"
+        self.vae = self.vae or str(folder.part("vae"))
+        if not self.text_encoder.path:
+            self.text_encoder.kind, self.text_encoder.path = "pretrained", str(folder.part("text_encoder"))
+        self.model.pretrained = self.model.pretrained or str(folder.part("transformer"))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

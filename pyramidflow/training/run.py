@@ -21,7 +21,7 @@ from pyramidflow.eval import score_clips
 from pyramidflow.io import write_clips
 from pyramidflow.io.run_dir import claim_run_dir
 from pyramidflow.models.vae import model_to_frames
-from pyramidflow.pipelines import PipelineConfig, PyramidFlowPipeline
+from pyramidflow.pipelines import PipelineConfig, PyramidalWanPipeline, PyramidFlowPipeline
 from pyramidflow.training.build import Components, build_components, make_trainer
 from pyramidflow.training.config import TrainConfig
 
@@ -54,7 +54,8 @@ def pipeline_of(modules: dict, cfg: TrainConfig, parts: Components) -> PyramidFl
     text = modules.get("text_encoder", parts.text_encoder)
     vae = parts.autoencoder if cfg.space == "latent" else None
     config = PipelineConfig.from_train_dict(to_dict(cfg))
-    return PyramidFlowPipeline(modules["transformer"], text, vae, config)
+    kind = PyramidalWanPipeline if cfg.wan else PyramidFlowPipeline  # a Wan run exports Wan's layout
+    return kind(modules["transformer"], text, vae, config)
 
 
 class Validator:

@@ -1,0 +1,46 @@
+"""`pyramidflow train` from a diffusers Wan folder (a tiny real WanPipeline): the vae, the frozen UMT5
+encoder with its sibling tokenizer and the transformer come from `wan:`; the run exports a
+PyramidalWanPipeline that generates through the spatiotemporal pyramid."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from wan_folder import build_wan_pipeline
+
+from pyramidflow.pipelines import PyramidalWanPipeline
+
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "wan2.1-t2v-1.3b-pyramidal.yaml"
+TOY = ["data.source=shapes", "data.frames=17", "data.height=64", "data.width=64", "data.num_clips=8",
+       "data.bounce=true", "data.fps=8.0", "text_encoder.max_length=32", "model.gradient_checkpointing=false",
+       "sampling.steps=[1,1,1]", "loop.batch_size=2", "loop.log_every=1", "loop.checkpoint_every=2",
+       "optim.lr=1e-3", "optim.warmup_steps=1", "num_threads=1"]
+
+
+def test_train_from_a_wan_folder_and_sample_the_exported_pipeline(tmp_path):
+    wan = tmp_path / "wan"
+    build_wan_pipeline(seed=5).save_pretrained(wan)
+    out = tmp_path / "run"
+    sets = [a for item in [f"wan={wan}", *TOY] for a in ("--set", item)]
+    done = subprocess.run([sys.executable, "-m", "pyramidflow", "train", "--config", str(PRESET), "--quiet",
+                           *sets, "--max-steps", "2", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((out / "checkpoint-2" / "meta.json").read_text())["extra"]["config"]
+    assert meta["space"] == "latent" and meta["vae"] == str(wan / "vae")
+    assert meta["text_encoder"] == {**meta["text_encoder"], "kind": "pretrained",
+                                    "path": str(wan / "text_encoder")}
+    assert meta["model"]["pretrained"] == str(wan / "transformer")
+    index = json.loads((out / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "PyramidalWanPipeline"
+    pipe = PyramidalWanPipeline.from_pretrained(out / "pipeline")
+    assert pipe.config.pyramid.num_stages == 3 and pipe.config.frames == 17
+    start = build_wan_pipeline(seed=5).transformer.state_dict()
+    moved = [k for k, v in pipe.transformer.state_dict().items() if not torch.equal(v, start[k])]
+    assert moved, "finetuning changed no weight"
+    clip = pipe("a red circle moving right", num_inference_steps=(1, 1, 1), seed=0, output_type="pt",
+                progress=False).frames
+    assert clip.shape == (1, 17, 3, 64, 64) and torch.isfinite(clip).all()
