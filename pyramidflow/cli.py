@@ -22,6 +22,7 @@ from pyramidflow import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "pyramidflow.commands.schedule",
     "pyramidflow.commands.flops",
+    "pyramidflow.commands.calibrate",
     "pyramidflow.commands.train_vae",
     "pyramidflow.commands.cache_latents",
     "pyramidflow.commands.data",

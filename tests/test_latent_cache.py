@@ -195,3 +195,19 @@ def test_definition2_targets_are_the_video_lowered_in_pixels_then_encoded(tmp_pa
             torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(PyramidflowError, match="needs the pyramid's transform"):
         build_latent_cache(WanClips(), vae, tmp_path / "x", pyramid_levels=1, show_progress=False)
+
+
+def test_calibrate_command_on_a_cache(tmp_path, vae, capsys):
+    from pyramidflow.cli import main
+
+    build_latent_cache(Clips(4), vae, tmp_path, shard_size=2, show_progress=False)
+    args = ["calibrate", "--cache", str(tmp_path), "--stages", "2", "--pyramid", "spatial"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    level = result["levels"][0]
+    assert result["clips"] == 4 and 0 < level["low_share"][0] <= 1 and 0 < level["rho"] <= 1
+    assert level["gain"][0] == pytest.approx(2 * level["low_share"][0] ** 0.5)  # (4.2) with m = 4
+    assert result["calibrated"]["stage_ends"][-1] == 0.0
+    assert main(args) == 0
+    assert "config: pyramid.stage_ends: [" in capsys.readouterr().out
+    assert main(["calibrate", "--cache", str(tmp_path), "--stages", "1"]) == 2
