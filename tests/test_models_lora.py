@@ -1,55 +1,88 @@
-"""peft LoRA adapters on PyramidDiT's attention and feed-forward projections."""
+"""LoRA on PyramidDiT in diffusers' formats: what WanPipeline.load_lora_weights reads reproduces our
+adapted model; both file formats load back; rank/alpha survive; the fused copy computes the same."""
 
+import pytest
 import torch
-from peft import LoraConfig
+from wan_folder import build_wan_pipeline
 
+from pyramidflow.errors import PyramidflowError
 from pyramidflow.models import PyramidDiT
-
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-            text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2)
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+from pyramidflow.models.lora import add_lora, fused_copy, has_lora, load_lora, save_lora
 
 
-def _inputs():
-    gen = torch.Generator().manual_seed(0)
-    return (torch.randn(2, 4, 2, 4, 4, generator=gen), torch.tensor([800.0, 100.0]),
-            torch.randn(2, 5, 16, generator=gen))
+@pytest.fixture(scope="module")
+def wan_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("wan") / "tiny"
+    build_wan_pipeline(seed=2).save_pretrained(path)
+    return path
 
 
-def test_lora_adapter_trains_only_lora_and_round_trips(tmp_path):
-    torch.manual_seed(0)
-    model = PyramidDiT(**TINY)
-    x, t, text = _inputs()
+def _adapted(wan_dir):
+    model = PyramidDiT.from_pretrained(wan_dir / "transformer").eval()
+    add_lora(model, rank=4, alpha=16)  # scale 4: lost metadata (alpha = rank) would show
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        before = model(x, t, text).sample
-    model.requires_grad_(False)
-    model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=TARGETS))
-    lora = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert lora and all("lora_" in n for n in lora)
-    assert any("attn1.to_q" in n for n in lora) and any("ffn.net.2" in n for n in lora)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    target = torch.zeros_like(before)
-    losses = []
-    for _ in range(5):
-        opt.zero_grad()
-        loss = (model(x, t, text).sample - target).square().mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
+def _call(model, wan=False):
+    g = torch.Generator().manual_seed(1)
+    x, text = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 8, 32, generator=g)
+    t = torch.tensor([600.0])
     with torch.no_grad():
-        tuned = model(x, t, text).sample
-    assert (tuned - before).abs().max() > 1e-4
-    model.save_lora_adapter(tmp_path / "lora")  # diffusers' format: pytorch_lora_weights.safetensors
-    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    torch.manual_seed(0)
-    fresh = PyramidDiT(**TINY)  # the same base weights
-    fresh.load_lora_adapter(tmp_path / "lora", prefix=None, use_safetensors=True)
-    with torch.no_grad():
-        assert torch.allclose(fresh(x, t, text).sample, tuned, atol=1e-6)
-        fresh.disable_adapters()
-        assert torch.allclose(fresh(x, t, text).sample, before, atol=1e-6)
+        return model(x, t, text, return_dict=False)[0] if wan else model(x, t, text).sample
+
+
+def test_only_the_adapter_trains_and_a_fresh_adapter_changes_nothing(wan_dir):
+    base = PyramidDiT.from_pretrained(wan_dir / "transformer").eval()
+    before = _call(base)
+    add_lora(base, rank=2)
+    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".attn2.to_k." in n for n in trainable) and any(".attn1.to_out.0." in n for n in trainable)
+    torch.testing.assert_close(_call(base), before)  # B = 0 at the start
+    with pytest.raises(PyramidflowError, match="rank must be >= 1"):
+        add_lora(PyramidDiT.from_pretrained(wan_dir / "transformer"), rank=0)
+
+
+def test_pipeline_format_loads_in_diffusers_wanpipeline(wan_dir, tmp_path):
+    from diffusers import WanPipeline
+
+    model = _adapted(wan_dir)
+    ours = _call(model)
+    plain = _call(PyramidDiT.from_pretrained(wan_dir / "transformer").eval())
+    assert not torch.allclose(ours, plain, atol=1e-3)
+    save_lora(model, tmp_path / "lora")
+    pipe = WanPipeline.from_pretrained(wan_dir)
+    pipe.load_lora_weights(tmp_path / "lora")
+    torch.testing.assert_close(_call(pipe.transformer.eval(), wan=True), ours, rtol=1e-5, atol=1e-5)
+    # and back into a fresh PyramidDiT, from the pipeline format and from diffusers' model-level format
+    fresh = load_lora(PyramidDiT.from_pretrained(wan_dir / "transformer").eval(), tmp_path / "lora")
+    torch.testing.assert_close(_call(fresh), ours, rtol=1e-5, atol=1e-5)
+    pipe.transformer.save_lora_adapter(tmp_path / "model-level", adapter_name="default_0")
+    other = load_lora(PyramidDiT.from_pretrained(wan_dir / "transformer").eval(), tmp_path / "model-level")
+    torch.testing.assert_close(_call(other), ours, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_copy_is_a_plain_model_with_the_same_output(wan_dir, tmp_path):
+    model = _adapted(wan_dir)
+    fused = fused_copy(model)
+    assert has_lora(model) and not has_lora(fused)
+    assert not any("lora_" in k for k in fused.state_dict())
+    torch.testing.assert_close(_call(fused), _call(model), rtol=1e-5, atol=1e-5)
+    fused.save_pretrained(tmp_path / "fused")
+    torch.testing.assert_close(_call(PyramidDiT.from_pretrained(tmp_path / "fused").eval()), _call(model),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_loading_a_file_without_lora_weights_is_one_line(wan_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no LoRA weights"):
+        load_lora(PyramidDiT.from_pretrained(wan_dir / "transformer"), tmp_path)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
+    with pytest.raises(PyramidflowError, match="holds no LoRA weights"):
+        load_lora(PyramidDiT.from_pretrained(wan_dir / "transformer"), tmp_path / "other.safetensors")

@@ -317,7 +317,7 @@ def _read_failure(file: Path, err: Exception) -> DamagedFileError:
     return DamagedFileError(f"{file} cannot be read: it is truncated or damaged ({reason[:160]})")
 
 
-def _load_model_weights(model: Any, folder: Path) -> None:
+def load_model_weights(model: Any, folder: Path) -> None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise DamagedFileError(f"no safetensors weights in {folder}")
@@ -377,10 +377,10 @@ def load_checkpoint(
     if verify:
         verify_checkpoint(path)
     for name, model in (models or {}).items():
-        _load_model_weights(model, path / name)
+        load_model_weights(model, path / name)
     for name, obj in (ema or {}).items():
         if (path / f"ema_{name}").is_dir():
-            _load_model_weights(obj, path / f"ema_{name}")
+            load_model_weights(obj, path / f"ema_{name}")
         else:
             obj.load_state_dict(_torch_load(path / f"ema_{name}.pt"))
     for kind, objs in (("optimizer", optimizers), ("scheduler", schedulers)):

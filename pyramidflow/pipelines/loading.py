@@ -114,7 +114,7 @@ def _from_checkpoint(ckpt: Path, use_ema: bool):
         raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no text_encoder/ weights and the config "
                                 "names no text_encoder.path")
     verify_checkpoint(ckpt, only=tuple(f"{f.name}/" for f in (folder, text_folder) if f is not None))
-    transformer = _read(folder, lambda: PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32))
+    transformer = _read(folder, lambda: _transformer_of(folder, train.get("model", {})))
     if text_folder is not None:
         text_encoder = _read(text_folder, lambda: load_text_encoder(text_folder))
     else:
@@ -122,6 +122,21 @@ def _from_checkpoint(ckpt: Path, use_ema: bool):
                                          cache_dir=text_cfg.get("cache_dir"))
     vae = _read(Path(train["vae"]), lambda: load_vae(train["vae"])) if config.space == "latent" else None
     return transformer, text_encoder, vae, config
+
+
+def _transformer_of(folder: Path, model_cfg: dict):
+    """A checkpoint's transformer; a LoRA run saved the adapted model (base + adapter weights), rebuilt
+    here from its base (``model.pretrained``) and the adapter before its weights are read."""
+    if not model_cfg.get("lora_rank"):
+        return PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32)
+    from pyramidflow.io.checkpoint import load_model_weights
+    from pyramidflow.models.lora import ATTENTION_TARGETS, add_lora
+
+    model = PyramidDiT.from_pretrained(model_cfg["pretrained"], torch_dtype=torch.float32)
+    add_lora(model, model_cfg["lora_rank"], model_cfg.get("lora_alpha"),
+             model_cfg.get("lora_targets") or ATTENTION_TARGETS)
+    load_model_weights(model, folder)
+    return model
 
 
 def load_pipeline_parts(path: Path, use_ema: bool = True):

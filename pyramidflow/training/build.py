@@ -19,6 +19,7 @@ from pyramidflow.config import to_dict
 from pyramidflow.data.sources import captions, clip_dataset, with_images
 from pyramidflow.errors import PyramidflowError, PyramidflowWarning
 from pyramidflow.models import EmbeddedTextEncoder, PyramidDiT, load_text_encoder
+from pyramidflow.models.lora import add_lora
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.training.config import ModelConfig, TextEncoderConfig, TrainConfig
 from pyramidflow.training.methods.flow import FlowMatching
@@ -74,6 +75,10 @@ def build_model(cfg: ModelConfig, channels: int, text_dim: int) -> PyramidDiT:
             attention_head_dim=cfg.attention_head_dim, in_channels=channels, out_channels=channels,
             text_dim=text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
             rope_theta=cfg.rope_theta, attention_backend=cfg.attention_backend)
+    if cfg.lora_rank > 0:
+        if not cfg.pretrained:
+            raise PyramidflowError("model.lora_rank needs model.pretrained (a LoRA adapts trained weights)")
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model

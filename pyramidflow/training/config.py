@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pyramidflow.config import check_seed, from_dict
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.lora import ATTENTION_TARGETS
 from pyramidflow.pipelines.config import SPACES, SamplingConfig
 from pyramidflow.pyramid.config import PyramidConfig, TemporalConfig
 
@@ -65,6 +66,9 @@ class ModelConfig:
     attention_backend: str = "auto"
     pretrained: str | None = None  # start from a saved transformer (PyramidDiT or diffusers Wan)
     gradient_checkpointing: bool = False
+    lora_rank: int = 0  # > 0: freeze the transformer and train one LoRA adapter of this rank
+    lora_alpha: float | None = None  # adapter scale alpha / rank (default alpha = rank)
+    lora_targets: tuple[str, ...] = ATTENTION_TARGETS  # module name suffixes (models/lora.py)
 
 
 @dataclass

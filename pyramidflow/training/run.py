@@ -20,6 +20,7 @@ from pyramidflow.data.sources import clip_dataset
 from pyramidflow.eval import score_clips
 from pyramidflow.io import write_clips
 from pyramidflow.io.run_dir import claim_run_dir
+from pyramidflow.models.lora import fused_copy, has_lora, save_lora
 from pyramidflow.models.vae import model_to_frames
 from pyramidflow.pipelines import PipelineConfig, PyramidalWanPipeline, PyramidFlowPipeline
 from pyramidflow.training.build import Components, build_components, make_trainer
@@ -94,8 +95,13 @@ def train_from_config(cfg: TrainConfig, resume: str | None = None, validate: boo
     hook = Validator(cfg, parts) if validate and cfg.validation_prompts > 0 else None
 
     def export(trainer) -> dict:  # the EMA weights as a pipeline (main process)
+        out = Path(cfg.output_dir) / "pipeline"
         with trainer.sampling_modules(gather=False) as modules:  # as of the final checkpoint
-            pipeline_of(modules, cfg, parts).save_pretrained(Path(cfg.output_dir) / "pipeline")
+            adapted = modules["transformer"]
+            if has_lora(adapted):  # the pipeline gets the merged weights, lora/ the adapter alone
+                save_lora(adapted, out / "lora")  # first: the pipeline's checksums cover it
+                modules = {**modules, "transformer": fused_copy(adapted)}
+            pipeline_of(modules, cfg, parts).save_pretrained(out)
         return {}
 
     trainer = make_trainer(cfg, parts, hook, export, accelerator)
