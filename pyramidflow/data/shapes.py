@@ -3,7 +3,9 @@
 Item ``i`` of a split is a pure function of ``(seed, split, i)``: its attributes (colour, shape,
 direction, speed, background, caption template) are drawn uniformly from the allowed combinations
 and its start position uniformly from the positions that keep the whole path inside the frame
-(or anywhere, with ``bounce=True``, where the shape reflects off the borders). Frames are drawn
+(with ``bounce=True``: that keep its first ``travel_frames`` steps inside, so the caption's
+direction holds for them as in a clip of ``travel_frames + 1`` frames; later the shape reflects off
+the borders). Frames are drawn
 all at once with numpy from anti-aliased signed distances, so a 16x64x64 clip takes well under a
 millisecond per frame (``bench/bench_data.py``).
 
@@ -108,8 +110,8 @@ class ShapesDataset(torch.utils.data.Dataset):
             (only combinations matching ``holdout``).
         fps: frame rate stored in ``meta`` (for writing files; motion is defined per frame).
         object_scale: side of the shape's box over the shorter frame side (0.34: 11 px at 32x32).
-        bounce: start anywhere and reflect off the borders (the caption names the first
-            direction); ``travel_frames``: frames to cover ``SPEEDS[speed]`` of the free range.
+        bounce: reflect off the borders, the first ``travel_frames`` steps inside (the caption names
+            the first direction); ``travel_frames``: frames to cover ``SPEEDS[speed]`` of the free range.
         holdout: attribute combinations (dicts such as ``{"color": "red", "shape": "circle"}``)
             never produced by the train and val splits; the holdout split produces only those.
         colors/shapes/directions/speeds/backgrounds/templates: subsets of the vocabularies
@@ -206,11 +208,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         travel = velocity * (T - 1)
         lo = np.full(2, r)
         hi = size - r
-        if self.bounce:
-            start = lo + rng.random(2) * (hi - lo)
-        else:  # every start whose straight path stays inside [r, size - r]
-            smin, smax = lo - np.minimum(travel, 0), hi - np.maximum(travel, 0)
-            start = smin + rng.random(2) * (smax - smin)
+        if self.bounce:  # the first travel_frames steps stay inside: the caption's direction holds there
+            travel = velocity * min(self.travel_frames, T - 1)
+        # every start whose straight path (over the clip, or its first travel_frames) stays inside
+        smin, smax = lo - np.minimum(travel, 0), hi - np.maximum(travel, 0)
+        start = smin + rng.random(2) * (smax - smin)
         positions = trajectory(start, velocity, T, r, hi, self.bounce)
         if T == 1:  # images: no motion ("" rather than None keeps default_collate working)
             combo["direction"], combo["speed"] = "", ""

@@ -152,7 +152,11 @@ def _bounce_axis(t: np.ndarray, c: np.ndarray, line: np.ndarray, lo: float, hi: 
     folded = fold(p0 + v * np.arange(frames, dtype=np.float64), lo, hi)  # (frames,)
     if float(((folded[t.astype(int)] - c) ** 2).sum()) > FOLD_GAIN**2 * line_sq:
         return None
-    slope = _branches(np.array([p0 + 1e-6 * v]), lo, hi)[0][0]  # direction just after t = 0
+    # the direction seen between the first two frames (a start on a wall is otherwise ambiguous:
+    # p0 and its mirror image with -v give the same path); just after t = 0 where that step is flat
+    step = folded[1] - folded[0] if frames > 1 else 0.0
+    slope = np.sign(step) * np.sign(v) if abs(step) > 1e-6 * abs(v) else _branches(
+        np.array([p0 + 1e-6 * v]), lo, hi)[0][0]
     k = np.floor((p0 + v * np.array([0.0, frames - 1]) - lo) / (hi - lo))  # branch at the ends
     return float(v * slope), folded, int(abs(k[1] - k[0]))
 
