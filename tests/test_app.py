@@ -70,7 +70,7 @@ def test_model_info_is_read_from_the_pipeline(registry, info):
     assert info.frame_values == list(range(1, 17)) and info.frames == 4
     assert (info.height, info.width, info.size_step, info.max_size) == (32, 32, 16, 128)
     assert info.steps == (10, 10, 10) and (info.guidance, info.video_guidance) == (4.0, 2.0)
-    assert info.image_to_video and not info.negative_prompt
+    assert info.image_to_video and info.negative_prompt  # the pipeline takes a negative prompt
     assert "shapes-tiny" in info.summary() and "image-to-video: yes" in info.summary()
     with pytest.raises(AppError, match="unknown model 'nope'; valid: shapes-tiny"):
         registry.info("nope")
@@ -124,8 +124,10 @@ def test_good_requests_map_to_pipeline_arguments(info):
     seeds = {check_request(Request(model="shapes-tiny", prompt=RED, random_seed=True), info)["seed"]
              for _ in range(4)}
     assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
-    unused = check_request(Request(model="shapes-tiny", prompt=RED, negative_prompt="blurry"), info)
-    assert "negative_prompt" not in unused  # this model has none: the page hides the box
+    used = check_request(Request(model="shapes-tiny", prompt=RED, negative_prompt="blurry"), info)
+    assert used["negative_prompt"] == "blurry"  # guidance steers away from it
+    blank = check_request(Request(model="shapes-tiny", prompt=RED, negative_prompt="  "), info)
+    assert "negative_prompt" not in blank
 
 
 def test_unreadable_uploads_are_sentences(tmp_path):
@@ -234,7 +236,7 @@ def test_the_page_builds_and_shows_errors_as_messages(registry, tmp_path):
     assert crash.message == "generation failed: RuntimeError: CUDA out of memory"
     values = control_values(registry.info("shapes-tiny"))
     assert values["height"] == dict(value=32, minimum=16, maximum=128, step=16)
-    assert values["first_steps"]["visible"] and not values["negative"]["visible"]
+    assert values["first_steps"]["visible"] and values["negative"]["visible"]
     shown = settings_markdown({"prompt": "a <b> *c*", "steps": [1, 2, 3], "first_steps": None})
     assert shown == "**prompt** a &lt;b&gt; &#42;c&#42; · **steps** 1-2-3"
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.linear import Linear
 from pyramidflow.models.rope import rotate
 
 BACKENDS = ("auto", "sdpa", "flex")
@@ -220,10 +221,10 @@ class Attention(nn.Module):
         if dim % heads:
             raise PyramidflowError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.to_q = Linear(dim, dim)
+        self.to_k = Linear(dim, dim)
+        self.to_v = Linear(dim, dim)
+        self.to_out = nn.ModuleList([Linear(dim, dim), nn.Dropout(0.0)])
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 

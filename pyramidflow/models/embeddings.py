@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyramidflow.models.linear import Linear
+
 
 def sinusoidal_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """(N,) timesteps -> (N, dim) float32 embedding [cos, sin] (diffusers' flip_sin_to_cos, shift 0)."""
@@ -51,9 +53,9 @@ class _MLP(nn.Module):
 
     def __init__(self, in_dim: int, dim: int, activation: nn.Module) -> None:
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_1 = Linear(in_dim, dim)
         self.act = activation
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_2 = Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
@@ -67,7 +69,7 @@ class TimeTextEmbedding(nn.Module):
         self.freq_dim = freq_dim
         self.time_embedder = _MLP(freq_dim, dim, nn.SiLU())
         self.act_fn = nn.SiLU()
-        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.time_proj = Linear(dim, 6 * dim)
         self.text_embedder = _MLP(text_dim, dim, nn.GELU(approximate="tanh"))
 
     def time(self, timestep: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -99,7 +101,7 @@ def gelu_tanh_(x: Tensor) -> Tensor:
 class _GELUProjection(nn.Module):
     def __init__(self, dim: int, inner_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, inner_dim)
+        self.proj = Linear(dim, inner_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.proj(x)
@@ -114,7 +116,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, inner_dim: int) -> None:
         super().__init__()
-        layers = [_GELUProjection(dim, inner_dim), nn.Dropout(0.0), nn.Linear(inner_dim, dim)]
+        layers = [_GELUProjection(dim, inner_dim), nn.Dropout(0.0), Linear(inner_dim, dim)]
         self.net = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.attention import BACKENDS, Attention, AttentionLayout
 from pyramidflow.models.embeddings import FeedForward, FP32LayerNorm, TimeTextEmbedding
+from pyramidflow.models.linear import Linear
 from pyramidflow.models.parallel import (
     ULYSSES_PLAN,
     TokenSplit,
@@ -168,7 +169,7 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
              for _ in range(num_layers)]
         )
         self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
-        self.proj_out = nn.Linear(dim, out_channels * math.prod(patch_size))
+        self.proj_out = Linear(dim, out_channels * math.prod(patch_size))
         self.token_split = TokenSplit()  # where sequence parallelism cuts the tokens (no parameters)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False
