@@ -50,7 +50,8 @@ def test_latent_space_training_and_generation(vae_dir, tmp_path):
     out = pipe("a red circle moving left on a black background", progress=False)
     assert out.frames.shape == (1, 5, 16, 16, 3) and out.latents.shape == (1, 4, 3, 8, 8)
     assert pipe("a red circle", num_frames=1, progress=False).frames.shape == (1, 1, 16, 16, 3)
-    with pytest.raises(ValueError, match="does not fit this VAE: frames must be 1 \\+ k\\*2"):
+    fits = r"num_frames=4 does not fit this model \(1 \+ 2k video frames\); nearest valid counts: 3, 5$"
+    with pytest.raises(ValueError, match=fits):
         pipe("a red circle", num_frames=4, progress=False)
     # image-to-video: the first latent unit is the encoded image
     image = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(0)).float() / 255
