@@ -29,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--video-guidance", type=float, default=None, help="guidance of later frames/units")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute history at every step")
+    p.add_argument("--step-rule", choices=("euler", "x0_renoise"), default=None,
+                   help="how a step moves within a stage (default: the model's own; x0_renoise: few-step "
+                   "models)")
     p.add_argument("--raw", action="store_true", help="use the raw weights of a checkpoint, not the EMA")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     add_dtype_argument(p)
@@ -91,7 +94,8 @@ def _generate(args, out: Path, steps, first, device) -> int:
     result = pipe(args.prompt, num_frames=args.frames, height=args.height, width=args.width,
                   image=args.image, num_inference_steps=steps, first_steps=first,
                   guidance_scale=args.guidance, video_guidance_scale=args.video_guidance, seed=args.seed,
-                  use_cache=not args.no_cache, output_type="pt", progress=main and not args.quiet)
+                  use_cache=not args.no_cache, step_rule=args.step_rule, output_type="pt",
+                  progress=main and not args.quiet)
     video = result.frames[0]
     if out.suffix.lower() in (".png", ".jpg", ".jpeg") and video.shape[0] != 1:
         raise ValueError(f"--out {out.name} holds one frame, but {video.shape[0]} were generated: "

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule, sample
+from pyramidflow.pyramid.steps import StepRule, euler_step
 from pyramidflow.pyramid.temporal import HistoryUnit, compress_history
 
 UnitVelocityFn = Callable[[Tensor, Tensor, int, list[HistoryUnit], int], Tensor]
@@ -39,13 +40,15 @@ def generate_units(
     dtype: torch.dtype = torch.float32,
     on_unit: Callable[[int, Tensor], None] | None = None,
     max_history: int | None = None,
+    step_rule: StepRule = euler_step,
 ) -> Tensor:
     """Generate ``num_units`` units of shape ``unit_shape`` (B, C, F, H, W); returns (B, C, U*F, H, W).
 
     ``first_steps`` (default ``steps``) is used for unit 0, which is generated like an image (no
     history). ``prefix`` units are given (clean, full resolution), e.g. an encoded first frame for
     image-to-video; they are returned as they are and only the remaining units are sampled.
-    ``max_history`` keeps only the most recent units as history (None: all).
+    ``max_history`` keeps only the most recent units as history (None: all). ``step_rule``: how a
+    step moves within a stage (:mod:`pyramidflow.pyramid.steps`; few-step models: ``x0_renoise_step``).
     """
     if num_units < 1:
         raise PyramidflowError(f"num_units must be >= 1, got {num_units}")
@@ -67,7 +70,7 @@ def generate_units(
 
         unit_steps = first_steps if (index == 0 and first_steps is not None) else steps
         x = sample(velocity, schedule, transform, unit_shape, unit_steps, generator, dtype=dtype,
-                   device=generator.device if generator is not None else None)
+                   device=generator.device if generator is not None else None, step_rule=step_rule)
         units.append(x)
         if on_unit is not None:
             on_unit(index, x)

@@ -24,6 +24,12 @@ class SamplingConfig:
     first_steps: tuple[int, ...] | None = None  # autoregressive: the first unit's steps
     guidance: float = 4.0  # first frame / first unit
     video_guidance: float | None = None  # later frames / units (default: guidance)
+    step_rule: str = "euler"  # euler | x0_renoise (few-step models; pyramidflow.pyramid.steps)
+
+    def check(self) -> None:
+        from pyramidflow.pyramid.steps import step_rule
+
+        step_rule(self.step_rule)
 
 
 @dataclass
@@ -46,6 +52,7 @@ class PipelineConfig:
         if self.space not in SPACES:
             raise PyramidflowError(f"unknown space {self.space!r}; valid: {', '.join(SPACES)}")
         self.temporal.check()
+        self.sampling.check()
 
     @classmethod
     def from_train_dict(cls, train: dict) -> PipelineConfig:

@@ -14,7 +14,9 @@ Generation follows the model's temporal mode (docs/maths.md section 7):
 * ``full_sequence``: all frames at once by Algorithm 1, guidance ``guidance_scale`` on the first
   frame and ``video_guidance_scale`` on the rest.
 
-``num_frames=1`` is text-to-image in both modes.
+``num_frames=1`` is text-to-image in both modes. Within a stage the steps follow the model's saved
+``sampling.step_rule``: Euler (Algorithm 1), or x0 re-noising for few-step (distilled) models
+(docs/maths.md section 9).
 
 Progress: ``callback_on_step_end(pipe, step_index, total_steps, info)`` is called after every network
 evaluation (one Euler step of one unit or of the whole clip, both guidance branches together);
@@ -49,6 +51,7 @@ from pyramidflow.pipelines.loading import load_pipeline_parts, move_module, save
 from pyramidflow.pipelines.parallel import BatchSplit, enable_parallel
 from pyramidflow.pipelines.switches import Offload, compile_transformer, vae_tiling
 from pyramidflow.pyramid import sample
+from pyramidflow.pyramid.steps import step_rule as rule_named
 
 
 @dataclass
@@ -249,12 +252,14 @@ class PyramidFlowPipeline:
         callback_on_step_end: Callable | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         latents: Tensor | None = None,
+        step_rule: str | None = None,
     ) -> PyramidFlowOutput:
         """Generate one clip per prompt. Unset arguments take the model's saved defaults.
 
         ``negative_prompt``: what guidance steers away from (default the empty prompt).
         ``latents``: full-sequence models: the starting noise, (B, C, T, h, w) at the coarsest
         stage's shape (default drawn from ``generator`` / ``seed``).
+        ``step_rule``: "euler" or "x0_renoise" (default the model's saved ``sampling.step_rule``).
         ``callback_on_step_end(pipe, step_index, total_steps, info)``: see the module docstring.
         """
         cfg, s = self.config, self.config.sampling
@@ -290,6 +295,7 @@ class PyramidFlowPipeline:
             prefix = [self.encode_image(image, height, width).expand(len(prompts), -1, -1, -1, -1)]
         bar = _Progress(progress, self._evaluations(shape, steps, first, len(prefix)),
                         callback_on_step_end and (lambda *a: callback_on_step_end(self, *a)))
+        rule = rule_named(step_rule or s.step_rule)  # the saved rule: Euler, or x0 re-noising (few-step)
         if ar and latents is not None:
             raise PyramidflowError("latents= (the starting noise) is for full-sequence models; an "
                                    "autoregressive one draws each unit's noise from the generator")
@@ -300,12 +306,12 @@ class PyramidFlowPipeline:
             fn = GuidedUnitVelocity(velocity, w_first, w_rest) if guided else velocity
             latents = generate_units(bar.wrap(fn), self.schedule, self.transform, unit, shape[2] // f,
                                      steps, first, generator, prefix, dtype=torch.float32,
-                                     max_history=cfg.temporal.max_history)
+                                     max_history=cfg.temporal.max_history, step_rule=rule)
         else:
             fn = guided_velocity(model, text, null if guided else None, w_rest, w_first,
                                  self.transform)
             latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
-                             device=self.device, noise=latents)
+                             device=self.device, noise=latents, step_rule=rule)
         bar.close()
         video = self.decode(latents)  # cast to the autoencoder's dtype there
         if output_type == "np":
