@@ -1,0 +1,91 @@
+"""Teacher-forced next-frame accuracy of an autoregressive model: given the *true* first k frames of
+held-out bouncing clips, generate frame k and measure how far the object lands from where it is in
+the real clip (pixels, centroid distance); beside it the error of copying frame k - 1.
+
+This separates "the model cannot predict the next frame" from "its own errors pile up" (exposure
+bias): if teacher-forced errors are small, long clips fail by accumulation; if they are large, the
+model has not learnt the dynamics.
+
+    python bench/bench_next_frame.py --checkpoint checkpoints/shapes-tiny --k 1 2 3 [--count 24]
+
+Prints one row per k: median and mean error, the copy-the-last-frame baseline, clips where the
+object was found in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from pyramidflow.data.shapes import ShapesDataset
+from pyramidflow.eval.detect import analyse_clip
+from pyramidflow.models.vae import frames_to_model, model_to_frames
+from pyramidflow.models.velocity import UnitVelocity
+from pyramidflow.pipelines import PyramidFlowPipeline
+from pyramidflow.pipelines.autoregressive import generate_units
+from pyramidflow.pipelines.guidance import GuidedUnitVelocity
+
+
+def centroid(frame: torch.Tensor):
+    """(x, y) of the object in one frame (1, 3, H, W) in [0, 1], or None."""
+    obj = analyse_clip(frame)[2][0]
+    return (obj.x, obj.y) if obj.detected else None
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="checkpoints/shapes-tiny")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--count", type=int, default=24)
+    p.add_argument("--frames", type=int, default=16, help="length of the held-out clips")
+    p.add_argument("--travel-frames", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint)
+    cfg, s = pipe.config, pipe.config.sampling
+    if not cfg.temporal.autoregressive:
+        raise SystemExit("this measures autoregressive models")
+    if max(args.k) >= args.frames:
+        raise SystemExit(f"k must stay below --frames {args.frames}")
+    ds = ShapesDataset(height=cfg.height, width=cfg.width, num_frames=args.frames, length=args.count,
+                       split="val", seed=17, bounce=True, travel_frames=args.travel_frames)
+    items = [ds[i] for i in range(args.count)]
+    prompts, clips = [it["text"] for it in items], [it["video"] for it in items]  # (T, 3, H, W) each
+    x = frames_to_model(torch.stack(clips))  # (B, C, T, H, W)
+    text, null = pipe.encode_prompt(prompts)
+    both = torch.cat([null.expand_as(text), text])
+    later = s.video_guidance if s.video_guidance is not None else s.guidance
+    print(f"{args.checkpoint}: {args.count} held-out clips of {args.frames} frames, travel_frames "
+          f"{args.travel_frames}")
+    print("| k (true frames given) | median error px | mean error px | copy frame k-1: median px | clips |")
+    print("|---|---|---|---|---|")
+    for k in args.k:
+        fn = GuidedUnitVelocity(UnitVelocity(pipe.transformer, both, pipe.schedule.num_stages), s.guidance, later)
+        unit = (len(prompts), x.shape[1], 1, x.shape[3], x.shape[4])
+        out = generate_units(fn, pipe.schedule, pipe.transform, unit, k + 1, s.steps, s.first_steps,
+                             torch.Generator().manual_seed(0), [x[:, :, i:i + 1] for i in range(k)],
+                             max_history=cfg.temporal.max_history, step_rule=_rule(s))
+        gen = model_to_frames(out[:, :, k:k + 1])  # (B, 1, 3, H, W)
+        errors, copy = [], []
+        for b, clip in enumerate(clips):
+            true, made, last = centroid(clip[k:k + 1]), centroid(gen[b]), centroid(clip[k - 1:k])
+            if true is not None and made is not None:
+                errors.append(np.hypot(true[0] - made[0], true[1] - made[1]))
+            if true is not None and last is not None:
+                copy.append(np.hypot(true[0] - last[0], true[1] - last[1]))
+        print(f"| {k} | {np.median(errors):.2f} | {np.mean(errors):.2f} | {np.median(copy):.2f} | "
+              f"{len(errors)}/{len(clips)} |", flush=True)
+
+
+def _rule(sampling):
+    from pyramidflow.pyramid.steps import step_rule
+
+    return step_rule(sampling.step_rule)
+
+
+if __name__ == "__main__":
+    main()
