@@ -1,6 +1,7 @@
 """VAE trainer: losses, a short run, bit-exact resume, non-finite stop, GAN and perceptual paths."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -191,3 +192,33 @@ def test_video_folder_datasets_stride_val_folder_and_memory_cache(tmp_path):
         build_vae_datasets(cfg)
     with pytest.raises(PyramidflowError, match="data.stride: only for video sources"):
         build_vae_datasets(VAEDataConfig(source="shapes", stride=2))
+
+
+def test_a_diffusers_wan_vae_trains_resumes_and_saves_as_autoencoderklwan(tmp_path):
+    # kind: wan trains diffusers' AutoencoderKLWan itself (the teacher's VAE of a Wan pipeline):
+    # checkpoints resume bit-exactly and OUT/vae is a folder diffusers loads, with the measured
+    # latent statistics in its config.
+    from diffusers import AutoencoderKLWan
+
+    def cfg(out):
+        c = tiny_cfg(out, max_steps=3, checkpoint_every=2, val_every=0)
+        c.model = VAEModelConfig(kind="wan", base_dim=4, dim_mult=(1, 1, 1), num_res_blocks=0,
+                                 latent_channels=4, temporal_down=(True, False))
+        c.data.frames, c.data.height, c.data.width = 5, 16, 16
+        return c
+
+    data = Squares(8, frames=5, size=16)
+    full = vae_trainer.train_vae(cfg(tmp_path / "full"), data, data, show_progress=False)
+    assert math.isfinite(full["val_psnr"])
+    vae_trainer.train_vae(cfg(tmp_path / "half"), data, data, show_progress=False, stop_at=2)
+    vae_trainer.train_vae(cfg(tmp_path / "half"), data, data, resume="latest", show_progress=False)
+    a = AutoencoderKLWan.from_pretrained(tmp_path / "full" / "vae")
+    b = AutoencoderKLWan.from_pretrained(tmp_path / "half" / "vae")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert a.config.latents_mean != [0.0] * 4 and len(a.config.latents_std) == 4
+    with pytest.raises(ValueError, match="one temporal_down entry per level"):
+        bad = cfg(tmp_path / "bad")
+        bad.model.temporal_down = (True,)
+        vae_trainer.train_vae(bad, data, data, show_progress=False)
+    assert (a.config.scale_factor_temporal, a.config.scale_factor_spatial) == (2, 4)  # what WanPipeline reads

@@ -46,6 +46,26 @@ class WanVAE(nn.Module, VideoAutoencoder):
     def dtype(self) -> torch.dtype:
         return self.vae.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.vae.device
+
+    def set_latent_stats(self, mean, std) -> None:
+        """Store per-channel normalisation in the AutoencoderKLWan config (saved with it)."""
+        self.vae.register_to_config(latents_mean=[float(m) for m in mean],
+                                    latents_std=[float(s) for s in std])
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        """A genuine diffusers ``AutoencoderKLWan`` folder."""
+        self.vae.save_pretrained(path, **kwargs)
+
+    def forward(self, video: torch.Tensor, generator: torch.Generator | None = None):
+        """Training pass: (reconstruction, mean, logvar) with a reparameterised sample."""
+        mean, logvar = self.encode_moments(video)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * noise
+        return self.decode_raw(z), mean, logvar
+
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
         return torch.tensor(cfg.latents_mean, dtype=torch.float64), torch.tensor(

@@ -24,10 +24,11 @@ from pyramidflow.config import check_seed, to_dict
 from pyramidflow.io.run_dir import claim_run_dir
 from pyramidflow.models.vae import CausalVideoVAE, to_unit
 from pyramidflow.models.vae.discriminator import PatchDiscriminator3D
+from pyramidflow.models.vae.wan import WanVAE
 from pyramidflow.training.config import LoopConfig, OptimConfig
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
 from pyramidflow.training.trainer import Trainer
-from pyramidflow.training.vae.config import VAETrainConfig
+from pyramidflow.training.vae.config import VAEModelConfig, VAETrainConfig
 from pyramidflow.training.vae.data import as_clip, to_model_range
 from pyramidflow.training.vae.losses import (
     hinge_d_loss,
@@ -72,7 +73,8 @@ class VAEMethod(TrainingMethod):
 
     def __init__(self, cfg: VAETrainConfig, train_set, val_set=None) -> None:
         self.cfg, self.train_set, self.val_set = cfg, train_set, val_set
-        self.vae = CausalVideoVAE(in_channels=3, **to_dict(cfg.model))
+        self.vae = build_vae(cfg.model)  # what the losses call: CausalVideoVAE or the WanVAE adapter
+        self.trained = getattr(self.vae, "vae", self.vae)  # what is optimised and checkpointed
         self.discriminator = PatchDiscriminator3D() if cfg.loss.disc_weight > 0 else None
         self.perceptual = None
         if cfg.loss.perceptual_weight > 0:
@@ -90,7 +92,7 @@ class VAEMethod(TrainingMethod):
 
     # ------------------------------------------------------------------ roles
     def modules(self) -> dict[str, nn.Module]:
-        roles = {"vae": self.vae}
+        roles = {"vae": self.trained}
         if self.discriminator is not None:
             roles["discriminator"] = self.discriminator
         return roles
@@ -145,12 +147,40 @@ class VAEMethod(TrainingMethod):
         out = trainer.out_dir
         source = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
         self.vae.set_latent_stats(*measure_latent_stats(self.vae, source))
-        self.vae.save_pretrained(out / "vae", safe_serialization=True)
+        self.vae.save_pretrained(out / "vae", safe_serialization=True)  # wan: a diffusers AutoencoderKLWan
         result = {"step": trainer.step, "minutes": trainer.train_seconds / 60, "vae": str(out / "vae")}
         if self.val_set is not None and len(self.val_set):
             result.update({f"val_{k}": v for k, v in evaluate(self.vae, self.val_set).items()})
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2))
         return result
+
+
+CAUSAL_FIELDS = ("latent_channels", "block_out_channels", "spatial_down", "temporal_down", "layers_per_block",
+                 "decoder_layers_per_block", "norm_groups", "block_type", "mid_blocks", "shortcut")
+
+
+def build_vae(model: VAEModelConfig) -> nn.Module:
+    """The autoencoder to train: :class:`CausalVideoVAE`, or diffusers' ``AutoencoderKLWan`` in its
+    :class:`WanVAE` adapter (``kind: wan``; latents start unnormalised: mean 0, std 1)."""
+    if model.kind == "causal":
+        kwargs = {k: v for k, v in to_dict(model).items() if k in CAUSAL_FIELDS}
+        return CausalVideoVAE(in_channels=3, **kwargs)
+    if model.kind != "wan":
+        raise ValueError(f"unknown VAE kind {model.kind!r}; valid: causal, wan")
+    from diffusers import AutoencoderKLWan
+
+    if len(model.temporal_down) != len(model.dim_mult) - 1:
+        raise ValueError(f"a wan VAE needs one temporal_down entry per level after the first: dim_mult "
+                         f"{list(model.dim_mult)} has {len(model.dim_mult) - 1}, got "
+                         f"{list(model.temporal_down)}")
+    c = model.latent_channels
+    vae = AutoencoderKLWan(base_dim=model.base_dim, z_dim=c, dim_mult=list(model.dim_mult),
+                           num_res_blocks=model.num_res_blocks, temperal_downsample=list(model.temporal_down),
+                           latents_mean=[0.0] * c, latents_std=[1.0] * c,
+                           # WanPipeline sizes its latents from these two: they must match the layers
+                           scale_factor_temporal=2 ** sum(bool(t) for t in model.temporal_down),
+                           scale_factor_spatial=2 ** (len(model.dim_mult) - 1))
+    return WanVAE(vae)
 
 
 def loop_config(cfg: VAETrainConfig, progress: bool = True) -> LoopConfig:

@@ -8,8 +8,14 @@ from typing import Literal
 
 @dataclass
 class VAEModelConfig:
-    """Arguments of :class:`pyramidflow.models.vae.CausalVideoVAE` (paper: 128/256/512/512, 8x8x8, 16)."""
+    """Arguments of :class:`pyramidflow.models.vae.CausalVideoVAE` (paper: 128/256/512/512, 8x8x8, 16),
+    or, with ``kind: wan``, of diffusers' ``AutoencoderKLWan`` (``latent_channels`` is its z_dim,
+    ``temporal_down`` its temperal_downsample; one level per entry of ``dim_mult`` after the first)."""
 
+    kind: Literal["causal", "wan"] = "causal"
+    base_dim: int = 16  # wan: channels of the first level
+    dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # wan: channel multiplier per level
+    num_res_blocks: int = 1  # wan: residual blocks per level
     latent_channels: int = 8
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     spatial_down: tuple[bool, ...] = (True, True, False)
