@@ -115,3 +115,21 @@ def test_flops_command_reads_a_pipeline_folder(wan_dir, capsys):
     # latents 2x2x2 / 3x4x4 / 5x8x8, patches 1x2x2
     assert [s["tokens"] for s in result["per_stage"]] == [2, 12, 80]
     assert result["spec"]["num_layers"] == 2
+
+
+@torch.no_grad()
+def test_a_one_stage_model_exports_as_a_genuine_wanpipeline(wan_dir, tmp_path):
+    from diffusers import WanPipeline
+
+    ours = PyramidalWanPipeline.from_pretrained(wan_dir)
+    out = ours.export_wan_pipeline(tmp_path / "exported")
+    assert json.loads((out / "generation.json").read_text()) == {
+        "height": 64, "width": 64, "num_frames": 17, "num_inference_steps": 4, "guidance_scale": 5.0}
+    original, exported = WanPipeline.from_pretrained(wan_dir), WanPipeline.from_pretrained(out)
+    noise = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(2))
+    kw = dict(num_frames=17, height=64, width=64, num_inference_steps=3, guidance_scale=5.0,
+              output_type="latent")
+    torch.testing.assert_close(exported("a blue square", latents=noise.clone(), **kw).frames,
+                               original("a blue square", latents=noise.clone(), **kw).frames)
+    with pytest.raises(PyramidflowError, match="samples one full-resolution stage; this model has 3"):
+        PyramidalWanPipeline.from_pretrained(wan_dir, pyramid={}).export_wan_pipeline(tmp_path / "no")

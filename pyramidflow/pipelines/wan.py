@@ -78,6 +78,35 @@ class PyramidalWanPipeline(PyramidFlowPipeline):
         write_checksums(path, exclude=["model_index.json"])
         return path
 
+    def export_wan_pipeline(self, path: str | Path) -> Path:
+        """Write a genuine diffusers ``WanPipeline`` folder (``WanPipeline.from_pretrained`` and its own
+        sampler read it) plus ``generation.json`` with this pipeline's defaults (``height``,
+        ``width``, ``num_frames``, ``num_inference_steps``, ``guidance_scale``). Only for one-stage
+        models: diffusers samples at full resolution, which a pyramidal model is not trained for."""
+        import inspect
+
+        from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+        cfg = self.config
+        if cfg.pyramid.num_stages != 1:
+            raise PyramidflowError(f"a WanPipeline folder samples one full-resolution stage; this model has "
+                                   f"{cfg.pyramid.num_stages} (save it with save_pretrained instead)")
+        accepted = inspect.signature(WanTransformer3DModel.__init__).parameters
+        kwargs = {k: v for k, v in self.transformer.config.items() if k in accepted}
+        with torch.device("meta"):
+            wan = WanTransformer3DModel(**kwargs)
+        wan.load_state_dict(self.transformer.state_dict(), strict=True, assign=True)
+        pipe = WanPipeline(tokenizer=self.text_encoder.tokenizer, text_encoder=self.text_encoder.model,
+                           vae=self.vae.vae, transformer=wan,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.pyramid.shift))
+        path = Path(path)
+        pipe.save_pretrained(path)
+        generation = {"height": cfg.height, "width": cfg.width, "num_frames": cfg.frames,
+                      "num_inference_steps": int(cfg.sampling.steps[0]),
+                      "guidance_scale": cfg.sampling.guidance}
+        write_json(path / "generation.json", generation)
+        return path
+
     @torch.no_grad()
     def __call__(  # diffusers' WanPipeline argument order
         self,
