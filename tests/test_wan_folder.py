@@ -115,3 +115,18 @@ def test_text_encoder_alone_finds_its_sibling_tokenizer(wan_dir):
     encoder = load_text_encoder(path / "text_encoder", max_length=16)
     embeds, mask = encoder.encode(["a green triangle"])
     assert embeds.shape == (1, 16, 32) and mask.any()
+
+
+def test_a_tiny_umt5_made_from_captions_loads_as_a_text_encoder(tmp_path):
+    from pyramidflow.data.shapes import ShapesDataset
+    from pyramidflow.models import load_text_encoder
+    from pyramidflow.models.text_encoders.tiny_umt5 import save_tiny_umt5
+
+    data = ShapesDataset(32, 4, length=200)
+    captions = [data[i]["text"] for i in range(200)]
+    save_tiny_umt5(captions, tmp_path, vocab_size=120, d_model=32, num_heads=4)
+    encoder = load_text_encoder(tmp_path / "text_encoder", max_length=32)
+    embeds, mask = encoder.encode(["a red circle moving left on a black background", "a blue square"])
+    assert embeds.shape == (2, 32, 32) and mask[0].sum() > mask[1].sum() > 0
+    ids = encoder.tokenizer("a magenta triangle").input_ids
+    assert encoder.tokenizer.unk_token_id not in ids  # the vocabulary covers the captions' words

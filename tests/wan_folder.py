@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from pyramidflow.models.text_encoders.tiny_umt5 import caption_tokenizer, tiny_umt5
+
 CAPTIONS = [
     "a red circle moving right on a black background",
     "a blue square moving up against a white background",
@@ -23,24 +25,7 @@ CAPTIONS = [
 
 def tiny_tokenizer(captions=CAPTIONS):
     """A Unigram tokenizer trained on ``captions``, as a transformers T5Tokenizer (no file needed)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import T5Tokenizer
-
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>")
-    tok.train_from_iterator(captions * 4, trainer)
-    vocab = [(piece, score) for piece, score in tok.model.get_vocab_scores()] if hasattr(
-        tok.model, "get_vocab_scores") else _unigram_vocab(tok)
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def _unigram_vocab(tok) -> list[tuple[str, float]]:
-    import json
-
-    model = json.loads(tok.to_str())["model"]
-    return [(piece, float(score)) for piece, score in model["vocab"]]
+    return caption_tokenizer(captions * 4, vocab_size=60)
 
 
 def build_wan_pipeline(seed: int = 0, z_dim: int = 4, text_dim: int = 32, dtype=torch.float32):
@@ -51,12 +36,10 @@ def build_wan_pipeline(seed: int = 0, z_dim: int = 4, text_dim: int = 32, dtype=
         WanPipeline,
         WanTransformer3DModel,
     )
-    from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=text_dim, d_kv=8,
-                                               d_ff=64, num_layers=2, num_heads=4)).eval()
+    text_encoder = tiny_umt5(tokenizer, d_model=text_dim, num_layers=2, num_heads=4, d_ff=64, seed=seed)
     vae = AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True], latents_mean=[0.0] * z_dim,
                            latents_std=[1.0] * z_dim).eval()
