@@ -83,3 +83,37 @@ def test_lora_conversion_trains_the_adapter_only_and_exports_both_formats(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(ckpt.transformer(x, t, text).sample, ours.transformer(x, t, text).sample,
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_a_one_stage_run_on_wan_parts_exports_a_genuine_wanpipeline(tmp_path):
+    # the toy teacher's recipe at toy size: AutoencoderKLWan + frozen UMT5 + a transformer trained
+    # from scratch at one stage; OUT/pipeline must be a folder diffusers' WanPipeline samples
+    from diffusers import WanPipeline
+
+    teacher = Path(__file__).resolve().parents[1] / "configs" / "wan-teacher-shapes.yaml"
+    wan = tmp_path / "parts"
+    build_wan_pipeline(seed=7).save_pretrained(wan)  # its vae/ and text_encoder/ (+ tokenizer/)
+    out = tmp_path / "teacher"
+    sets = [f"vae={wan / 'vae'}", f"text_encoder.path={wan / 'text_encoder'}", "text_encoder.max_length=32",
+            "data.num_clips=8", "loop.batch_size=2", "validation_prompts=0", "sampling.steps=[2]",
+            "model.num_layers=1", "model.ffn_dim=32", "num_threads=1"]
+    args = [sys.executable, "-m", "pyramidflow", "train", "--config", str(teacher), "--quiet",
+            *[a for s in sets for a in ("--set", s)], "--max-steps", "2", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "pipeline" / "model_index.json").read_text())["_class_name"] == "WanPipeline"
+    assert json.loads((out / "pipeline" / "generation.json").read_text())["num_frames"] == 17
+    pipe = WanPipeline.from_pretrained(out / "pipeline")
+    video = pipe("a red circle", num_frames=17, height=64, width=64, num_inference_steps=2,
+                 max_sequence_length=32, output_type="pt").frames
+    assert video.shape == (1, 17, 3, 64, 64) and torch.isfinite(video).all()
+    from pyramidflow.pipelines import PyramidFlowPipeline
+
+    ours = PyramidFlowPipeline.from_pretrained(out / "checkpoint-2")  # the trained (EMA) PyramidDiT
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 8, 32, generator=g)
+    t = torch.tensor([300.0])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.transformer(x, t, text).sample,
+                                   pipe.transformer(x, t, text, return_dict=False)[0], rtol=1e-5, atol=1e-5)

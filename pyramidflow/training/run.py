@@ -5,7 +5,9 @@ captions of held-out clips with the EMA weights, writes ``OUT/samples/step-NNNNN
 prompt per clip, ``sheet.png``, ``metrics.json``) and returns the scores, which the trainer logs
 (``val/...`` in ``OUT/metrics.jsonl`` and TensorBoard): evaluator accuracies (shapes prompts) and the
 descriptor Fréchet distance to the held-out clips. At the end the EMA weights are exported as a
-pipeline to ``OUT/pipeline``.
+pipeline to ``OUT/pipeline``: this project's layout, a ``PyramidalWanPipeline`` folder for runs on
+Wan parts, and a genuine diffusers ``WanPipeline`` folder for one-stage runs on Wan parts (a toy
+teacher).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pyramidflow.data.sources import clip_dataset
 from pyramidflow.eval import score_clips
 from pyramidflow.io import write_clips
 from pyramidflow.io.run_dir import claim_run_dir
+from pyramidflow.models import PretrainedTextEncoder
 from pyramidflow.models.lora import fused_copy, has_lora, save_lora
 from pyramidflow.models.vae import model_to_frames
+from pyramidflow.models.vae.wan import WanVAE
 from pyramidflow.pipelines import PipelineConfig, PyramidalWanPipeline, PyramidFlowPipeline
 from pyramidflow.training.build import Components, build_components, make_trainer
 from pyramidflow.training.config import TrainConfig
@@ -55,8 +59,15 @@ def pipeline_of(modules: dict, cfg: TrainConfig, parts: Components) -> PyramidFl
     text = modules.get("text_encoder", parts.text_encoder)
     vae = parts.autoencoder if cfg.space == "latent" else None
     config = PipelineConfig.from_train_dict(to_dict(cfg))
-    kind = PyramidalWanPipeline if cfg.wan else PyramidFlowPipeline  # a Wan run exports Wan's layout
+    kind = PyramidalWanPipeline if is_wan_run(cfg, parts) else PyramidFlowPipeline  # Wan's layout
     return kind(modules["transformer"], text, vae, config)
+
+
+def is_wan_run(cfg: TrainConfig, parts: Components) -> bool:
+    """A run from a Wan folder, or one whose parts are Wan's (an AutoencoderKLWan and a frozen
+    transformers encoder, e.g. a toy teacher): its pipeline is saved in Wan's layout."""
+    return bool(cfg.wan) or (isinstance(parts.autoencoder, WanVAE)
+                             and isinstance(parts.text_encoder, PretrainedTextEncoder))
 
 
 class Validator:
@@ -101,7 +112,11 @@ def train_from_config(cfg: TrainConfig, resume: str | None = None, validate: boo
             if has_lora(adapted):  # the pipeline gets the merged weights, lora/ the adapter alone
                 save_lora(adapted, out / "lora")  # first: the pipeline's checksums cover it
                 modules = {**modules, "transformer": fused_copy(adapted)}
-            pipeline_of(modules, cfg, parts).save_pretrained(out)
+            pipe = pipeline_of(modules, cfg, parts)
+            if isinstance(pipe, PyramidalWanPipeline) and cfg.pyramid.num_stages == 1:
+                pipe.export_wan_pipeline(out)  # a one-stage Wan model: a genuine WanPipeline folder
+            else:
+                pipe.save_pretrained(out)
         return {}
 
     trainer = make_trainer(cfg, parts, hook, export, accelerator)
