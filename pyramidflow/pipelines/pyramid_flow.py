@@ -165,7 +165,8 @@ class PyramidFlowPipeline:
         rules = [f"1 + {tc}k video frames"] if tc > 1 else []
         if self.config.temporal.autoregressive and f > 1:
             rules.append(f"model frames a multiple of {f}")
-        if self.transform.temporal and not self.config.temporal.autoregressive:
+        pyramid_in_time = self.transform.temporal and self.schedule.num_stages > 1
+        if pyramid_in_time and not self.config.temporal.autoregressive:
             levels = 2 ** (self.schedule.num_stages - 1)
             rules.append(f"model frames {'1 + ' if self.transform.causal_first_frame else ''}{levels}k "
                          f"for {self.schedule.num_stages} spatiotemporal stages")

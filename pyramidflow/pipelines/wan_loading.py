@@ -18,6 +18,7 @@ from pyramidflow.pyramid.config import PyramidConfig
 
 SAVED_CLASS = "PyramidalWanPipeline"
 WAN_DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0)
+PYRAMID_HEIGHT = 448
 PYRAMID_STEPS = {1: (50,), 2: (20, 10), 3: (20, 20, 10)}  # default steps per stage count
 WAN_FPS = 16.0
 
@@ -39,8 +40,11 @@ def wan_pyramid(shift: float, pyramid: PyramidConfig | dict | None = None) -> Py
 
 def wan_config(folder: WanFolder, pyramid: PyramidConfig | dict | None = None) -> PipelineConfig:
     """A :class:`PipelineConfig` for a Wan folder: its generation defaults, the pyramid, full sequence."""
-    gen = {**WAN_DEFAULTS, **folder.generation}
     pyr = wan_pyramid(folder.shift, pyramid)
+    # 480 rows do not halve into whole 2x2 patches twice (60 -> 30 -> 15 latent rows): PyramidalWan's
+    # 448x832 is the default size of a pyramid over a folder that names none
+    sized = {"height": PYRAMID_HEIGHT} if pyr.num_stages > 1 else {}
+    gen = {**WAN_DEFAULTS, **sized, **folder.generation}
     steps = (int(gen["num_inference_steps"]),) if pyr.num_stages == 1 else PYRAMID_STEPS.get(
         pyr.num_stages, (10,) * pyr.num_stages)
     sampling = SamplingConfig(steps=steps, guidance=float(gen["guidance_scale"]))
