@@ -26,6 +26,7 @@ from pyramidflow.models.velocity import UnitVelocity
 from pyramidflow.pipelines import PyramidFlowPipeline
 from pyramidflow.pipelines.autoregressive import generate_units
 from pyramidflow.pipelines.guidance import GuidedUnitVelocity
+from pyramidflow.pyramid.steps import step_rule
 
 
 def centroid(frame: torch.Tensor):
@@ -68,7 +69,7 @@ def main() -> None:
         unit = (len(prompts), x.shape[1], 1, x.shape[3], x.shape[4])
         out = generate_units(fn, pipe.schedule, pipe.transform, unit, k + 1, s.steps, s.first_steps,
                              torch.Generator().manual_seed(0), [x[:, :, i:i + 1] for i in range(k)],
-                             max_history=cfg.temporal.max_history, step_rule=_rule(s))
+                             max_history=cfg.temporal.max_history, step_rule=step_rule(s.step_rule))
         gen = model_to_frames(out[:, :, k:k + 1])  # (B, 1, 3, H, W)
         errors, copy = [], []
         for b, clip in enumerate(clips):
@@ -79,12 +80,6 @@ def main() -> None:
                 copy.append(np.hypot(true[0] - last[0], true[1] - last[1]))
         print(f"| {k} | {np.median(errors):.2f} | {np.mean(errors):.2f} | {np.median(copy):.2f} | "
               f"{len(errors)}/{len(clips)} |", flush=True)
-
-
-def _rule(sampling):
-    from pyramidflow.pyramid.steps import step_rule
-
-    return step_rule(sampling.step_rule)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pyramidflow.io.checksums import read_json, verify_checksums, write_checksum
 from pyramidflow.models import PyramidDiT, load_text_encoder
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.pipelines.config import PipelineConfig
+from pyramidflow.pipelines.wan_loading import WAN_CLASSES, load_wan_parts
 
 INDEX = "model_index.json"
 COMPONENTS = ("transformer", "text_encoder", "vae")
@@ -60,14 +61,11 @@ def _read(folder: Path, load: Callable[[], T]) -> T:
                                f"({reason[:200]})") from None
 
 
-WAN_CLASSES = ("WanPipeline", "PyramidalWanPipeline")  # read by pyramidflow.pipelines.wan_loading
 
 
 def _from_index(path: Path):
     index = read_json(path / INDEX)
     if isinstance(index, dict) and index.get("_class_name") in WAN_CLASSES:
-        from pyramidflow.pipelines.wan_loading import load_wan_parts
-
         return load_wan_parts(path)
     if not isinstance(index, dict) or index.get("_class_name") != "PyramidFlowPipeline":
         name = index.get("_class_name") if isinstance(index, dict) else None

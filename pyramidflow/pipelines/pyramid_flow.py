@@ -180,9 +180,10 @@ class PyramidFlowPipeline:
         if self.config.temporal.autoregressive:
             return None if frames % self.config.temporal.frames_per_unit else frames
         if self.transform.temporal:  # the clip itself is halved in time at every level
-            levels = 2 ** (self.schedule.num_stages - 1)
-            rest = frames - 1 if self.transform.causal_first_frame else frames
-            if rest < (0 if self.transform.causal_first_frame else levels) or rest % levels:
+            levels = self.schedule.num_stages - 1
+            try:
+                self.transform.check_shape((1, 1, frames, 2**levels, 2**levels), levels)
+            except PyramidflowError:
                 return None
         return frames
 

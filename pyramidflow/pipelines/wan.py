@@ -41,11 +41,9 @@ class PyramidalWanPipeline(PyramidFlowPipeline):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, pyramid: PyramidConfig | dict | None = None, device=None,
-                        torch_dtype: torch.dtype | None = None, **kwargs) -> PyramidalWanPipeline:
+                        torch_dtype: torch.dtype | None = None) -> PyramidalWanPipeline:
         """A diffusers ``WanPipeline`` folder (``pyramid``: how to sample it, module docstring) or a
         folder saved by :meth:`save_pretrained`."""
-        if kwargs:
-            raise PyramidflowError(f"unknown arguments {sorted(kwargs)}")
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no Wan pipeline folder at {path}")

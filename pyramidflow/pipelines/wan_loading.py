@@ -12,11 +12,12 @@ import torch
 from pyramidflow.config import from_dict, to_dict
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.io.checksums import read_json, verify_checksums
-from pyramidflow.models.wan_folder import WanFolder, load_wan_folder
+from pyramidflow.models.wan_folder import PIPELINE_CLASS, WanFolder, load_wan_folder
 from pyramidflow.pipelines.config import PipelineConfig, SamplingConfig
 from pyramidflow.pyramid.config import PyramidConfig
 
 SAVED_CLASS = "PyramidalWanPipeline"
+WAN_CLASSES = (PIPELINE_CLASS, SAVED_CLASS)  # model_index.json classes this module reads
 WAN_DEFAULTS = dict(height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0)
 PYRAMID_HEIGHT = 448
 PYRAMID_STEPS = {1: (50,), 2: (20, 10), 3: (20, 20, 10)}  # default steps per stage count

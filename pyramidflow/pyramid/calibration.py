@@ -67,12 +67,14 @@ class EnergyMeter:
         y = x0.double()
         self.count += y.numel()
         for level in range(self.levels):
-            for g, (part, coeff) in enumerate(zip(self.transform.split_groups(y), self.transform.analysis(y),
-                                                  strict=True)):
+            low = self.transform.down(y)  # the low band is c * down(y) per group (section 2)
+            t = self.transform
+            parts = zip(t.split_groups(y), t.split_groups(low), t.groups, strict=True)
+            for g, (part, coarse, group) in enumerate(parts):
                 self.group_total[level, g] += part.pow(2).sum()
-                self.group_low[level, g] += coeff[:, :, 0].pow(2).sum()
+                self.group_low[level, g] += group.children * coarse.pow(2).sum()
                 self.group_count[level, g] += part.numel()
-            y = self.transform.down(y)
+            y = low
 
     def stats(self) -> list[LevelStats]:
         if self.count == 0:

@@ -108,9 +108,10 @@ def build_latent_cache(
             clips = [as_clip(r) for r in raw]  # (T, 3, H, W) each
             x = to_model_range(clips).to(device, dtype)
             z = vae.encode(x, chunk_latents=chunk_latents).float().cpu()  # (B, C, T, h, w)
-            lowered = [vae.encode(pyramid_transform.down(x.float(), level).to(dtype),
-                                  chunk_latents=chunk_latents).float().cpu()
-                       for level in range(1, pyramid_levels + 1)]  # (B, C, T_l, h_l, w_l) each
+            lowered, pixels = [], x.float()
+            for _ in range(pyramid_levels):  # (B, C, T_l, h_l, w_l) per level, each one level below the last
+                pixels = pyramid_transform.down(pixels)
+                lowered.append(vae.encode(pixels.to(dtype), chunk_latents=chunk_latents).float().cpu())
             metas = [_item_meta(r, i) for r, i in zip(raw, batch_idx, strict=True)]
             text = text_encoder([m[0] for m in metas]) if text_encoder is not None else None
             for j, i in enumerate(batch_idx):
