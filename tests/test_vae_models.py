@@ -217,3 +217,20 @@ def test_shortcut_vae_streams_exactly_and_starts_near_identity_of_means():
     torch.testing.assert_close(mean, h.view(1, 4, 2, *h.shape[2:]).mean(dim=2), rtol=0, atol=1e-12)
     with pytest.raises(PyramidflowError, match="multiple of latent_channels"):
         tiny_vae(shortcut=True, latent_channels=3, **plain, block_out_channels=(8, 8, 8))
+
+
+def test_wan_training_decode_is_the_decode_before_its_clamp(wan_dir):
+    # diffusers clamps AutoencoderKLWan's output to [-1, 1]; training must see (and get gradients
+    # from) the values beyond it, and agree with decode wherever decode is in range.
+    vae = load_vae(wan_dir)
+    with torch.no_grad():
+        vae.vae.decoder.conv_out.weight.mul_(50.0)  # an overshooting decoder, as at the start of training
+    z = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(1))
+    raw = vae.decode_unclamped(z)
+    clamped = vae.vae.decode(z).sample
+    assert raw.shape == clamped.shape == (1, 3, 9, 32, 48)
+    assert raw.abs().max() > 1.5  # really unclamped
+    torch.testing.assert_close(raw.clamp(-1, 1), clamped, rtol=0, atol=0)
+    z.requires_grad_(True)
+    vae.decode_unclamped(z).sum().backward()
+    assert z.grad.abs().sum() > 0

@@ -64,7 +64,28 @@ class WanVAE(nn.Module, VideoAutoencoder):
         mean, logvar = self.encode_moments(video)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * noise
-        return self.decode_raw(z), mean, logvar
+        return self.decode_unclamped(z), mean, logvar
+
+    def decode_unclamped(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output before diffusers' final clamp to [-1, 1], for training.
+
+        ``AutoencoderKLWan.decode`` clamps its output; a clamped pixel passes no gradient, so a young
+        decoder that overshoots everywhere (the usual start) is stuck there. The per-frame outputs of
+        ``vae.decoder`` are recorded by a forward hook during the ordinary ``decode`` and joined in
+        time order, so the frame loop and its causal cache stay diffusers' own.
+        (B, C, T, h, w) latents -> (B, 3, T', H, W), equal to ``decode`` wherever it is in range.
+        """
+        if self.vae.config.patch_size is not None:
+            raise PyramidflowError("unclamped decoding supports Wan 2.1 VAEs (no patch_size) only")
+        if self.vae.use_tiling:
+            raise PyramidflowError("unclamped decoding decodes whole frames: disable VAE tiling to train")
+        outputs: list[torch.Tensor] = []
+        handle = self.vae.decoder.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+        try:
+            self.vae.decode(z.to(self.vae.dtype))
+        finally:
+            handle.remove()
+        return torch.cat(outputs, dim=2)
 
     def latent_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
