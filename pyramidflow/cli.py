@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pyramidflow.commands.data",
     "pyramidflow.commands.eval",
     "pyramidflow.commands.train",
+    "pyramidflow.commands.distill",
     "pyramidflow.commands.sample",
     "pyramidflow.commands.demo",
     "pyramidflow.app.command",

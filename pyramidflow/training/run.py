@@ -28,13 +28,12 @@ from pyramidflow.models.vae import model_to_frames
 from pyramidflow.models.vae.wan import WanVAE
 from pyramidflow.pipelines import PipelineConfig, PyramidalWanPipeline, PyramidFlowPipeline
 from pyramidflow.training.build import Components, build_components, make_trainer
-from pyramidflow.training.config import TrainConfig
+from pyramidflow.training.config import DataConfig, TrainConfig
 
 
-def held_out(cfg: TrainConfig, count: int, vae=None) -> tuple[list[str], list[torch.Tensor]]:
+def held_out(d: DataConfig, count: int, vae=None) -> tuple[list[str], list[torch.Tensor]]:
     """Prompts and clips (T, 3, H, W) in [0, 1] to validate with: the shapes validation split, or
     the first clips of a real dataset (a latent cache's clips decoded by ``vae``)."""
-    d = cfg.data
     if d.source == "shapes":
         ds = clip_dataset("shapes", frames=d.frames, height=d.height, width=d.width, seed=d.seed,
                           length=max(count, 2), split="val", fps=d.fps, bounce=d.bounce,
@@ -66,24 +65,27 @@ def pipeline_of(modules: dict, cfg: TrainConfig, parts: Components) -> PyramidFl
 def is_wan_run(cfg: TrainConfig, parts: Components) -> bool:
     """A run from a Wan folder, or one whose parts are Wan's (an AutoencoderKLWan and a frozen
     transformers encoder, e.g. a toy teacher): its pipeline is saved in Wan's layout."""
-    return bool(cfg.wan) or (isinstance(parts.autoencoder, WanVAE)
-                             and isinstance(parts.text_encoder, PretrainedTextEncoder))
+    return bool(cfg.wan) or has_wan_parts(parts.autoencoder, parts.text_encoder)
 
 
-class Validator:
-    """The trainer's ``validate(trainer, step)`` hook (module docstring)."""
+def has_wan_parts(autoencoder, text_encoder) -> bool:
+    """An AutoencoderKLWan and a frozen transformers text encoder: a model saved in Wan's layout."""
+    return isinstance(autoencoder, WanVAE) and isinstance(text_encoder, PretrainedTextEncoder)
 
-    def __init__(self, cfg: TrainConfig, parts: Components) -> None:
-        self.cfg, self.parts = cfg, parts
-        self.prompts, self.reference = held_out(cfg, cfg.validation_prompts, parts.autoencoder)
 
-    def __call__(self, trainer, step: int, modules: dict) -> dict:
-        pipe = pipeline_of(modules, self.cfg, self.parts)
-        video = pipe(self.prompts, seed=self.cfg.loop.seed, output_type="pt", progress=False).frames.cpu()
-        out = Path(self.cfg.output_dir)
-        folder = out / "samples" / f"step-{step:07d}"
-        write_clips(folder, video, self.prompts, self.cfg.data.fps)
-        travel = self.cfg.data.travel_frames if self.cfg.data.source == "shapes" else None
+class SampleScorer:
+    """Samples held-out prompts with a pipeline, writes ``OUT/samples/step-NNNNNNN/`` and returns the
+    evaluator's scores (module docstring); shared by training and distillation runs."""
+
+    def __init__(self, data: DataConfig, count: int, out_dir: str | Path, seed: int, vae=None) -> None:
+        self.data, self.out_dir, self.seed = data, Path(out_dir), seed
+        self.prompts, self.reference = held_out(data, count, vae)
+
+    def __call__(self, pipe, trainer, step: int) -> dict:
+        video = pipe(self.prompts, seed=self.seed, output_type="pt", progress=False).frames.cpu()
+        folder = self.out_dir / "samples" / f"step-{step:07d}"
+        write_clips(folder, video, self.prompts, self.data.fps)
+        travel = self.data.travel_frames if self.data.source == "shapes" else None
         scores = score_clips(list(video), self.prompts, self.reference, travel_frames=travel)
         flat = {k: v for k, v in scores["accuracy"].items() if isinstance(v, float)}
         flat["train_seconds"] = round(trainer.train_seconds, 2)
@@ -91,6 +93,18 @@ class Validator:
             flat["frechet"] = scores["frechet"]
         (folder / "metrics.json").write_text(json.dumps({"step": step, **flat}, indent=1))
         return flat
+
+
+class Validator:
+    """The trainer's ``validate(trainer, step)`` hook (module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, parts: Components) -> None:
+        self.cfg, self.parts = cfg, parts
+        self.scorer = SampleScorer(cfg.data, cfg.validation_prompts, cfg.output_dir, cfg.loop.seed,
+                                   parts.autoencoder)
+
+    def __call__(self, trainer, step: int, modules: dict) -> dict:
+        return self.scorer(pipeline_of(modules, self.cfg, self.parts), trainer, step)
 
 
 def train_from_config(cfg: TrainConfig, resume: str | None = None, validate: bool = True,

@@ -58,7 +58,7 @@ class PhaseLoss:
 
 def mean_log(value: Tensor | float, count: int) -> tuple[float, int]:
     """A batch-mean value as a (sum, count) log entry."""
-    return float(value) * count, count
+    return float(value.detach() if isinstance(value, Tensor) else value) * count, count
 
 
 class TrainingMethod(ABC):

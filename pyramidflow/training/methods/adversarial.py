@@ -1,0 +1,200 @@
+"""Adversarial step distillation on frozen teacher features (docs/maths.md section 9).
+
+Roles: ``student`` (trained, with an EMA), ``discriminator`` (trained: small heads on the frozen
+teacher's hidden states), ``teacher`` (frozen feature extractor: the original model for "Adv-OD", the
+pyramidal one for "Adv-PD"), the frozen ``text_encoder`` and ``autoencoder`` (real clips to model
+space).
+
+Each micro-batch draws one step of the student's schedule (stage ``k``, level ``sigma``). The real
+clip's clean signal at that stage, ``D = down^{L_k}(x0)``, is put at ``sigma`` with fresh noise and
+the student predicts ``x0_hat = x - sigma v`` (9.1). Both ``D`` (real) and ``x0_hat`` (fake) are
+re-noised at a level ``s`` of the stage's window with one shared noise and passed through the teacher;
+forward hooks collect the hidden states of ``feature_layers``, and one head per stage and layer maps
+each token to a logit (averaged per sample: per-stage predictions). Losses, per sample:
+
+    discriminator:  hinge: relu(1 - D(real)) + relu(1 + D(fake))            (section 18)
+    student:        -D(fake) + reconstruction * mean (x0_hat - D)^2          (paper weight 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import Tensor, nn
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.vae import PixelSpace, frames_to_model
+from pyramidflow.models.velocity import call_model
+from pyramidflow.pyramid.distill import predict_x0, renoise_at, student_positions
+from pyramidflow.training.config import OptimConfig
+from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
+from pyramidflow.training.methods.dmd import Student, batch_generator, draw_levels
+from pyramidflow.training.packed_loss import split_batch
+from pyramidflow.training.vae.losses import hinge_d_loss, hinge_g_loss
+
+
+@dataclass
+class AdversarialConfig:
+    """Settings of :class:`AdversarialDistillation`."""
+
+    reconstruction: float = 2.0  # weight of the reconstruction term
+    feature_layers: tuple[int, ...] = (-1,)  # teacher blocks whose outputs the heads read
+    hidden: int = 64  # width of each head
+    ratio: int = 1  # discriminator updates per student update
+
+
+def _head(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+
+class FeatureHeads(ModelMixin, ConfigMixin):
+    """One small MLP per (stage, layer): tokens (B, N, D) -> per-sample logit (B,), averaged."""
+
+    @register_to_config
+    def __init__(self, dim: int, stages: int, layers: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.ModuleList(_head(dim, hidden) for _ in range(layers))
+            for _ in range(stages))
+
+    def forward(self, features: list[Tensor], stage: int) -> Tensor:
+        heads = self.heads[stage]
+        logits = [head(f.float()).squeeze(-1).mean(1) for head, f in zip(heads, features, strict=True)]
+        return torch.stack(logits).mean(0)
+
+
+class TeacherFeatures:
+    """Hidden states of chosen blocks of a transformer, collected by forward hooks during one call."""
+
+    def __init__(self, teacher: nn.Module, layers: tuple[int, ...]) -> None:
+        blocks = getattr(teacher, "blocks", None)
+        if blocks is None:
+            raise PyramidflowError(f"{type(teacher).__name__} has no .blocks to read features from")
+        n = len(blocks)
+        bad = [i for i in layers if not -n <= i < n]
+        if bad:
+            raise PyramidflowError(f"adversarial.feature_layers {bad} out of range for a teacher of {n} "
+                                   "blocks")
+        self.teacher, self.blocks = teacher, [blocks[i] for i in layers]
+
+    def __call__(self, x: Tensor, sigma: Tensor, text: Tensor) -> list[Tensor]:
+        found: list[Tensor] = []
+        hooks = [b.register_forward_hook(lambda _m, _i, out: found.append(_hidden(out))) for b in self.blocks]
+        try:
+            call_model(self.teacher, x, sigma, text)
+        finally:
+            for h in hooks:
+                h.remove()
+        return found
+
+
+def _hidden(out) -> Tensor:
+    """A block's hidden states (B, N, D): PyramidDiT blocks also return their keys/values."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class AdversarialDistillation(TrainingMethod):
+    """See the module docstring."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, text_encoder, spec: Student,
+                 config: AdversarialConfig | None = None, *, autoencoder=None, encoded: bool = False,
+                 student_optim: OptimConfig | None = None, disc_optim: OptimConfig | None = None,
+                 validator=None, finisher=None, extra: dict | None = None) -> None:
+        self.config = config or AdversarialConfig()
+        if self.config.ratio < 1:
+            raise PyramidflowError(f"adversarial.ratio must be >= 1, got {self.config.ratio}")
+        self.spec, self.positions = spec, student_positions(spec.schedule, spec.steps)
+        self.student, self.teacher, self.text_encoder = student, teacher, text_encoder
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.features = TeacherFeatures(teacher, tuple(self.config.feature_layers))
+        dim = int(teacher.config.num_attention_heads * teacher.config.attention_head_dim)
+        self.discriminator = FeatureHeads(dim, spec.schedule.num_stages, len(self.config.feature_layers),
+                                          self.config.hidden)
+        self.autoencoder = autoencoder if autoencoder is not None else PixelSpace()
+        self.encoded = encoded  # items hold latents already (a latent cache)
+        self.student_optim, self.disc_optim = student_optim or OptimConfig(), disc_optim or OptimConfig()
+        self.validator, self.finisher, self.extra = validator, finisher, dict(extra or {})
+        self.device = torch.device("cpu")
+
+    def bind(self, trainer) -> None:
+        self.device = trainer.accelerator.device
+
+    # ------------------------------------------------------------------ roles
+    def modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "discriminator": self.discriminator}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        roles = {"teacher": self.teacher}
+        for name, m in (("text_encoder", self.text_encoder), ("autoencoder", self.autoencoder)):
+            if isinstance(m, nn.Module):
+                roles[name] = m
+        return roles
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"discriminator": OptimizerSpec(("discriminator",), self.disc_optim),
+                "student": OptimizerSpec(("student",), self.student_optim)}
+
+    def ema_roles(self) -> tuple[str, ...]:
+        return ("student",)
+
+    def phases(self, step: int) -> list[str]:
+        return ["discriminator", "student"] if step % self.config.ratio == 0 else ["discriminator"]
+
+    # ------------------------------------------------------------------- loss
+    @torch.no_grad()
+    def _clean(self, batch: MicroBatch) -> Tensor:
+        """The clips (B, T, 3, H, W) in [0, 1] in model space: (B, C, T, h, w)."""
+        videos = split_batch([it["video"] for it in batch.items])
+        if not isinstance(videos, Tensor):
+            raise PyramidflowError("adversarial distillation needs clips of one shape per batch")
+        if self.encoded:
+            return videos.float().to(self.device)  # (B, C, T, h, w) latents
+        ae = self.autoencoder
+        return ae.encode(frames_to_model(videos.to(self.device)).to(ae.dtype)).float()
+
+    def _logits(self, x0: Tensor, s: Tensor, eps: Tensor, text: Tensor, stage: int) -> Tensor:
+        return self.discriminator(self.features(renoise_at(x0, s, eps), s, text), stage)
+
+    def loss(self, phase: str, batch: MicroBatch) -> PhaseLoss:
+        gen = batch_generator(batch)
+        with torch.no_grad():
+            text = self.text_encoder.encode([it["text"] for it in batch.items])[0].to(self.device)
+        pos = self.positions[int(torch.randint(len(self.positions), (), generator=gen))]
+        levels = self.spec.schedule.num_stages - 1 - pos.stage
+        x0 = self._clean(batch)
+        real = self.spec.transform.down(x0, levels) if levels > 0 else x0
+        n = real.shape[0]
+        noise = torch.randn(real.shape, generator=gen).to(self.device)
+        sigma = torch.full((n,), pos.sigma, device=self.device)
+        x = renoise_at(real, sigma, noise)
+        s = draw_levels(n, self.spec.schedule.windows[pos.stage], gen).float().to(self.device)
+        eps = torch.randn(real.shape, generator=gen).to(self.device)
+        if phase == "discriminator":
+            with torch.no_grad():
+                fake = predict_x0(x, call_model(self.student, x, sigma, text).float(), sigma)
+            loss = hinge_d_loss(self._logits(real, s, eps, text, pos.stage),
+                                self._logits(fake, s, eps, text, pos.stage))
+            return PhaseLoss(loss * n, {"loss_discriminator": mean_log(loss, n)})
+        if phase != "student":
+            raise PyramidflowError(f"unknown phase {phase!r}")
+        fake = predict_x0(x, call_model(self.student, x, sigma, text).float(), sigma)
+        adv = hinge_g_loss(self._logits(fake, s, eps, text, pos.stage))
+        recon = (fake - real).pow(2).mean()
+        loss = adv + self.config.reconstruction * recon
+        return PhaseLoss(loss * n, {"loss_adversarial": mean_log(adv, n),
+                                    "loss_reconstruction": mean_log(recon, n),
+                                    f"student_stage{pos.stage}": mean_log(loss, n)})
+
+    # ------------------------------------------------------------- run hooks
+    def validate(self, trainer, step: int, modules: dict[str, nn.Module]) -> dict[str, float] | None:
+        return self.validator(trainer, step, modules) if self.validator is not None else None
+
+    def finish(self, trainer) -> dict:
+        return self.finisher(trainer) if self.finisher is not None else {}
+
+    def checkpoint_extra(self) -> dict:
+        return self.extra

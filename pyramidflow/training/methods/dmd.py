@@ -1,0 +1,219 @@
+"""Distribution matching distillation (DMD2-style) of a pyramidal model (docs/maths.md section 9).
+
+Roles: ``student`` (the few-step generator, trained, with an EMA), ``critic`` (the *fake* velocity,
+trained, starting from the teacher), ``teacher`` (the *real* velocity, frozen: the original
+single-stage model "OT" or the pyramidal model "PT") and the frozen ``text_encoder``. Two
+optimizers, updated at two time scales: ``critic`` every step, ``student`` every ``ratio``-th step.
+
+Each micro-batch draws one *exit* step of the student's schedule (e.g. one of the five steps of
+2-2-1) and rolls the student out to it without autograd (backward simulation through the pyramid:
+the few-step rule (9.1) inside a stage, the jump (5.1) between stages;
+:func:`pyramidflow.pyramid.distill.rollout_to`). At the exit, at that stage's resolution:
+
+* critic phase: the student's ``x0`` (no autograd) re-noised at a level ``s``; the critic learns its
+  velocity with the flow-matching loss of section 12;
+* student phase: ``x0 = x - sigma v_student`` with autograd, re-noised at ``s``; the teacher (with
+  its own guidance scale ``real_guidance``) and the critic give ``x0_real`` and ``x0_fake``; the loss
+  is ``w_dmd[stage]`` times (9.3) plus ``regression`` times the squared distance to the teacher's
+  ``x0`` at the exit state.
+
+Levels ``s`` are natural and drawn uniformly in the exit stage's window (``renoise: stage``, the
+levels a pyramidal teacher was trained at) or in [0.02, 0.98] (``renoise: full``). Randomness comes
+from the micro-batch's per-example generators, so a resumed run repeats the same draws.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.velocity import call_model
+from pyramidflow.pipelines.guidance import guided_velocity
+from pyramidflow.pyramid.distill import (
+    dmd_direction,
+    dmd_loss,
+    predict_x0,
+    renoise_at,
+    rollout_to,
+    student_positions,
+)
+from pyramidflow.pyramid.schedule import PyramidSchedule
+from pyramidflow.pyramid.transforms import HaarTransform
+from pyramidflow.training.config import OptimConfig
+from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
+
+RENOISE = ("stage", "full")
+FULL_RANGE = (0.02, 0.98)
+
+
+@dataclass
+class DMDConfig:
+    """Settings of :class:`DMDDistillation` (section 9)."""
+
+    ratio: int = 5  # critic updates per student update (two time-scale rule)
+    w_dmd: tuple[float, ...] | None = None  # per student stage (default 1 everywhere)
+    regression: float = 0.01  # weight of the teacher-regression term
+    real_guidance: float = 1.0  # guidance scale of the teacher (real score); 1 = none
+    renoise: str = "stage"  # stage | full: where the re-noising level of the DMD and critic terms lies
+
+    def check(self, num_stages: int) -> None:
+        if self.ratio < 1:
+            raise PyramidflowError(f"dmd.ratio must be >= 1, got {self.ratio}")
+        if self.renoise not in RENOISE:
+            raise PyramidflowError(f"unknown dmd.renoise {self.renoise!r}; valid: {', '.join(RENOISE)}")
+        if self.w_dmd is not None and len(self.w_dmd) != num_stages:
+            raise PyramidflowError(f"dmd.w_dmd {list(self.w_dmd)} needs one weight per student stage "
+                                   f"({num_stages})")
+
+
+@dataclass
+class Student:
+    """What the student is: its pyramid, its few steps per stage and the clip it makes."""
+
+    schedule: PyramidSchedule
+    transform: HaarTransform
+    steps: tuple[int, ...]
+    shape: tuple[int, ...]  # one example's model-space shape (C, T, h, w) at full resolution
+
+
+def batch_generator(batch: MicroBatch) -> torch.Generator:
+    """One generator for the micro-batch, seeded from its first example's (deterministic per step)."""
+    seed = int(torch.randint(0, 2**62, (), generator=batch.generators[0]))
+    return torch.Generator().manual_seed(seed)
+
+
+def draw_levels(count: int, window: tuple[float, float], generator: torch.Generator) -> Tensor:
+    """(count,) levels uniform in ``window`` (given either way round)."""
+    low, high = min(window), max(window)
+    return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
+
+
+class DMDDistillation(TrainingMethod):
+    """See the module docstring. ``teacher`` and ``critic_init`` are Wan-call-compatible velocity
+    models (``critic_init`` defaults to the teacher; it is copied)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, text_encoder, spec: Student,
+                 config: DMDConfig | None = None, *, student_optim: OptimConfig | None = None,
+                 critic_optim: OptimConfig | None = None, critic_init: nn.Module | None = None,
+                 validator=None, finisher=None, extra: dict | None = None) -> None:
+        self.config = config or DMDConfig()
+        self.spec = spec
+        self.positions = student_positions(spec.schedule, spec.steps)
+        self.config.check(spec.schedule.num_stages)
+        self.student, self.teacher, self.text_encoder = student, teacher, text_encoder
+        self.critic = copy.deepcopy(critic_init if critic_init is not None else teacher)
+        for p in self.critic.parameters():
+            p.requires_grad_(True)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student_optim, self.critic_optim = student_optim or OptimConfig(), critic_optim or OptimConfig()
+        self.validator, self.finisher, self.extra = validator, finisher, dict(extra or {})
+        self.device = torch.device("cpu")
+        self._null: Tensor | None = None
+
+    def bind(self, trainer) -> None:
+        self.device = trainer.accelerator.device
+
+    # ------------------------------------------------------------------ roles
+    def modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "critic": self.critic}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        roles = {"teacher": self.teacher}
+        if isinstance(self.text_encoder, nn.Module):
+            roles["text_encoder"] = self.text_encoder
+        return roles
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"critic": OptimizerSpec(("critic",), self.critic_optim),
+                "student": OptimizerSpec(("student",), self.student_optim)}
+
+    def ema_roles(self) -> tuple[str, ...]:
+        return ("student",)
+
+    def phases(self, step: int) -> list[str]:
+        return ["critic", "student"] if step % self.config.ratio == 0 else ["critic"]
+
+    # --------------------------------------------------------------- helpers
+    def _text(self, batch: MicroBatch) -> Tensor:
+        with torch.no_grad():
+            return self.text_encoder.encode([it["text"] for it in batch.items])[0].to(self.device)
+
+    def _null_text(self) -> Tensor:
+        if self._null is None:
+            with torch.no_grad():
+                self._null = self.text_encoder.encode([""])[0].to(self.device)
+        return self._null
+
+    def _exit(self, batch: MicroBatch, text: Tensor, gen: torch.Generator):
+        """Roll the student out to a random exit step: (x at the exit, the step's position)."""
+        exit_step = int(torch.randint(len(self.positions), (), generator=gen))
+        shape = (len(batch.items), *self.spec.shape)
+
+        def student_velocity(x, sigma, stage):
+            return call_model(self.student, x.to(self.device), sigma.to(self.device), text).float().cpu()
+
+        x, pos = rollout_to(student_velocity, self.spec.schedule, self.spec.transform, shape, self.spec.steps,
+                            exit_step, gen)
+        return x.to(self.device), pos
+
+    def _levels(self, count: int, stage: int, gen: torch.Generator) -> Tensor:
+        window = self.spec.schedule.windows[stage] if self.config.renoise == "stage" else FULL_RANGE
+        return draw_levels(count, window, gen).float().to(self.device)
+
+    def _noise(self, like: Tensor, gen: torch.Generator) -> Tensor:
+        return torch.randn(like.shape, generator=gen, dtype=torch.float32).to(self.device)
+
+    def _real(self, text: Tensor):
+        w = self.config.real_guidance
+        return guided_velocity(self.teacher, text, self._null_text() if w != 1 else None, w)
+
+    # ------------------------------------------------------------------- loss
+    def loss(self, phase: str, batch: MicroBatch) -> PhaseLoss:
+        gen, text = batch_generator(batch), self._text(batch)
+        x, pos = self._exit(batch, text, gen)
+        sigma_exit = torch.full((x.shape[0],), pos.sigma, device=self.device)
+        n = x.shape[0]
+        if phase == "critic":
+            with torch.no_grad():
+                x0 = predict_x0(x, call_model(self.student, x, sigma_exit, text), sigma_exit)
+            s, eps = self._levels(n, pos.stage, gen), self._noise(x0, gen)
+            v = call_model(self.critic, renoise_at(x0, s, eps), s, text)
+            per = (v.float() - (eps - x0)).pow(2).flatten(1).mean(1)
+            return PhaseLoss(per.sum(), {"loss_critic": mean_log(per.mean(), n),
+                                         f"critic_stage{pos.stage}": mean_log(per.mean(), n)})
+        if phase != "student":
+            raise PyramidflowError(f"unknown phase {phase!r}")
+        x0 = predict_x0(x, call_model(self.student, x, sigma_exit, text).float(), sigma_exit)
+        s, eps = self._levels(n, pos.stage, gen), self._noise(x0, gen)
+        real = self._real(text)
+        with torch.no_grad():
+            xs = renoise_at(x0.detach(), s, eps)
+            x0_real = predict_x0(xs, real(xs, s, pos.stage), s)
+            x0_fake = predict_x0(xs, call_model(self.critic, xs, s, text).float(), s)
+            g = dmd_direction(x0.detach(), x0_real, x0_fake)
+        weight = 1.0 if self.config.w_dmd is None else float(self.config.w_dmd[pos.stage])
+        per_dmd = weight * dmd_loss(x0, g)
+        per = per_dmd
+        logs = {"loss_dmd": mean_log(per_dmd.mean(), n), f"dmd_stage{pos.stage}": mean_log(per_dmd.mean(), n)}
+        if self.config.regression > 0:
+            with torch.no_grad():
+                x0_teacher = predict_x0(x, real(x, sigma_exit, pos.stage), sigma_exit)
+            per_reg = self.config.regression * (x0 - x0_teacher).pow(2).flatten(1).mean(1)
+            per = per + per_reg
+            logs["loss_regression"] = mean_log(per_reg.mean(), n)
+        return PhaseLoss(per.sum(), logs)
+
+    # ------------------------------------------------------------- run hooks
+    def validate(self, trainer, step: int, modules: dict[str, nn.Module]) -> dict[str, float] | None:
+        return self.validator(trainer, step, modules) if self.validator is not None else None
+
+    def finish(self, trainer) -> dict:
+        return self.finisher(trainer) if self.finisher is not None else {}
+
+    def checkpoint_extra(self) -> dict:
+        return self.extra

@@ -1,0 +1,124 @@
+"""``pyramidflow distill``: DMD and adversarial distillation train, resume exactly, export a few-step
+pipeline, stop on non-finite losses, and refuse mismatched pairs (docs/maths.md section 9)."""
+
+import pytest
+import torch
+
+from pyramidflow.cli import main
+from pyramidflow.errors import PyramidflowError
+from pyramidflow.models import PyramidDiT
+from pyramidflow.pipelines import PyramidFlowPipeline
+from pyramidflow.training.distill import DistillConfig, build_method, distill_from_config, load_pair
+from pyramidflow.training.trainer import TrainingDiverged
+
+SHIPPED = "checkpoints/shapes-tiny"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """The shipped model as a full-sequence pyramidal teacher (4 frames, 32x32 pixels)."""
+    pipe = PyramidFlowPipeline.from_pretrained(SHIPPED)
+    pipe.config.temporal.mode = "full_sequence"
+    path = tmp_path_factory.mktemp("teacher") / "pipe"
+    pipe.save_pretrained(path)
+    return path
+
+
+def config(teacher, out, method="dmd", steps=3, **extra) -> DistillConfig:
+    cfg = DistillConfig.from_dict({
+        "output_dir": str(out), "method": method, "teacher": str(teacher), "steps": [1, 1, 1],
+        "validation_prompts": 0,
+        "data": {"source": "shapes", "frames": 4, "height": 32, "width": 32, "num_clips": 64},
+        "dmd": {"ratio": 2, "w_dmd": [0.5, 1.0, 1.0]},
+        "loop": {"batch_size": 2, "max_steps": steps, "checkpoint_every": 1, "keep_last": 5, "ema_decay": 0.9,
+                 "progress": False, "log_every": 1},
+        **extra,
+    })
+    return cfg
+
+
+def latest_checkpoint(out):
+    return max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _weights(folder):
+    return PyramidDiT.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.parametrize("method", ["dmd", "adversarial"])
+def test_distillation_resumes_exactly_and_exports_a_few_step_pipeline(teacher, tmp_path, method):
+    distill_from_config(config(teacher, tmp_path / "full", method))
+    distill_from_config(config(teacher, tmp_path / "half", method, steps=2))
+    distill_from_config(config(teacher, tmp_path / "half", method), resume="latest")
+    a = latest_checkpoint(tmp_path / "full")
+    b = latest_checkpoint(tmp_path / "half")
+    for role in ("student", "ema_student"):
+        for (name, p), q in zip(_weights(a / role).items(), _weights(b / role).values(), strict=True):
+            assert torch.equal(p, q), (role, name)
+    start = PyramidFlowPipeline.from_pretrained(teacher).transformer.state_dict()
+    moved = _weights(a / "student")
+    assert any(not torch.equal(start[k], moved[k]) for k in start)  # the student did learn
+    pipe = PyramidFlowPipeline.from_pretrained(tmp_path / "full" / "pipeline")
+    s = pipe.config.sampling
+    assert (s.steps, s.step_rule, s.guidance) == ((1, 1, 1), "x0_renoise", 1.0)
+    out = pipe("a green square moving up on a white background", seed=0, output_type="pt", progress=False)
+    assert out.frames.shape == (1, 4, 3, 32, 32) and torch.isfinite(out.frames).all()
+
+
+def test_dmd_updates_the_student_every_ratio_steps_and_never_the_teacher(teacher, tmp_path):
+    cfg = config(teacher, tmp_path / "run")
+    method = build_method(cfg, load_pair(cfg))
+    assert method.phases(0) == ["critic", "student"] and method.phases(1) == ["critic"]
+    assert "teacher" in method.frozen_modules() and set(method.modules()) == {"student", "critic"}
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    start = {k: v.clone() for k, v in method.critic.state_dict().items()}  # the critic starts as the teacher
+    assert all(torch.equal(start[k], v) for k, v in method.teacher.state_dict().items())
+    from pyramidflow.training.distill import prompt_dataset
+    from pyramidflow.training.trainer import Trainer
+
+    trainer = Trainer(method, prompt_dataset(cfg), cfg.loop, cfg.output_dir)
+    stats = trainer.train_step()  # step 0: both phases
+    assert "loss_student" in stats and "loss_dmd" in stats
+    stats = trainer.train_step()  # step 1: the critic only
+    assert "loss_student" not in stats and "loss_critic" in stats
+    assert all(torch.equal(start[k], v) for k, v in method.teacher.state_dict().items())
+    assert any(not torch.equal(start[k], v) for k, v in method.critic.state_dict().items())
+
+
+def test_a_nonfinite_teacher_stops_the_run_cleanly(teacher, tmp_path):
+    cfg = config(teacher, tmp_path / "nan")
+    pair = load_pair(cfg)
+    with torch.no_grad():
+        next(pair.teacher[0].parameters()).fill_(float("nan"))
+    method = build_method(cfg, pair)
+    from pyramidflow.training.distill import prompt_dataset
+    from pyramidflow.training.trainer import Trainer
+
+    trainer = Trainer(method, prompt_dataset(cfg), cfg.loop, cfg.output_dir)
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        trainer.train()
+
+
+def test_mismatched_pairs_are_one_line(teacher, tmp_path):
+    pipe = PyramidFlowPipeline.from_pretrained(teacher)
+    other = PyramidDiT(**{**pipe.transformer.config, "patch_size": (1, 2, 2)})
+    PyramidFlowPipeline(other, pipe.text_encoder, None, pipe.config).save_pretrained(tmp_path / "patch")
+    with pytest.raises(PyramidflowError, match=r"patch_size \(1, 2, 2\), the teacher's \(1, 4, 4\)"):
+        load_pair(config(teacher, tmp_path / "x", student=str(tmp_path / "patch")))
+    with torch.no_grad():
+        for p in pipe.text_encoder.parameters():
+            p.add_(0.1)
+    pipe.save_pretrained(tmp_path / "text")
+    with pytest.raises(PyramidflowError, match="text encoder .* encodes prompts differently"):
+        load_pair(config(teacher, tmp_path / "y", student=str(tmp_path / "text")))
+    with pytest.raises(PyramidflowError, match="unknown method 'gan'; valid: dmd, adversarial"):
+        distill_from_config(config(teacher, tmp_path / "z", method="gan"))
+
+
+def test_the_command_runs_a_preset(teacher, tmp_path, capsys):
+    code = main(["distill", "--config", "configs/distill-dmd-pt.yaml", "--out", str(tmp_path / "cli"),
+                 "--max-steps", "1", "--no-validate", "--quiet", "--set", f"teacher={teacher}",
+                 "--set", "steps=[1,1,1]", "--set", "data.frames=4", "--set", "data.height=32",
+                 "--set", "data.width=32", "--set", "loop.batch_size=1"])
+    assert code == 0 and "done:" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "pipeline" / "model_index.json").is_file()
