@@ -66,12 +66,14 @@ def test_every_shipped_preset_loads_into_its_config():
     from pathlib import Path
 
     from pyramidflow.training.config import TrainConfig
+    from pyramidflow.training.distill import DistillConfig
     from pyramidflow.training.vae.config import VAETrainConfig
 
     presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
     assert len(presets) >= 4
     for path in presets:
-        cls = VAETrainConfig if path.name.startswith("vae-") else TrainConfig
+        kinds = {"vae-": VAETrainConfig, "distill-": DistillConfig}
+        cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), TrainConfig)
         cfg = load_config(cls, path)
         assert isinstance(cfg, cls), path.name
     shapes = load_config(VAETrainConfig, presets[[p.name for p in presets].index("vae-shapes-tiny.yaml")])

@@ -12,7 +12,7 @@ re-noised at a level ``s`` of the stage's window with one shared noise and passe
 forward hooks collect the hidden states of ``feature_layers``, and one head per stage and layer maps
 each token to a logit (averaged per sample: per-stage predictions). Losses, per sample:
 
-    discriminator:  hinge: relu(1 - D(real)) + relu(1 + D(fake))            (section 18)
+    discriminator:  hinge: (relu(1 - D(real)) + relu(1 + D(fake))) / 2      (section 18)
     student:        -D(fake) + reconstruction * mean (x0_hat - D)^2          (paper weight 2)
 """
 
