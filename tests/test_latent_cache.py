@@ -211,3 +211,27 @@ def test_calibrate_command_on_a_cache(tmp_path, vae, capsys):
     assert main(args) == 0
     assert "config: pyramid.stage_ends: [" in capsys.readouterr().out
     assert main(["calibrate", "--cache", str(tmp_path), "--stages", "1"]) == 2
+
+
+def test_cache_latents_of_the_built_in_shapes(tmp_path, vae, capsys):
+    # --shapes N encodes procedural clips directly (exact pixels, no lossy video files in between).
+    from pyramidflow import cli
+    from pyramidflow.data.shapes import ShapesDataset
+    from pyramidflow.models.vae import frames_to_model
+
+    vae.save_pretrained(tmp_path / "vae")
+    args = ["cache-latents", "--shapes", "3", "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "c"),
+            "--frames", "5", "--height", "8", "--width", "8", "--bounce", "--travel-frames", "3", "--quiet"]
+    assert cli.main(args) == 0
+    assert "3 clips (complete)" in capsys.readouterr().out
+    cache = lc.LatentCacheDataset(tmp_path / "c", verify=True)
+    clips = ShapesDataset(height=8, width=8, num_frames=5, length=3, bounce=True, travel_frames=3)
+    for i in range(3):
+        item, clip = cache[i], clips[i]
+        assert item["caption"] == clip["text"]
+        with torch.no_grad():
+            want = vae.encode(frames_to_model(clip["video"][None]))[0]
+        torch.testing.assert_close(item["latents"], want, rtol=1e-5, atol=1e-5)
+    assert cli.main(["cache-latents", "--shapes", "3", "--vae", str(tmp_path / "vae"), "--out",
+                     str(tmp_path / "d")]) == 2
+    assert "--shapes N needs" in capsys.readouterr().err

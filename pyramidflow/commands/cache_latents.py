@@ -8,13 +8,20 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "cache-latents",
-        help="encode a manifest of videos into safetensors latent shards (+ captions)",
-        description="Encode every clip of a manifest with a VAE (this project's or a diffusers "
+        help="encode a manifest of videos (or built-in shapes clips) into safetensors latent shards",
+        description="Encode every clip of a manifest (or --shapes N procedural clips) with a VAE (this project's or a diffusers "
         "AutoencoderKLWan folder) into checksummed safetensors shards plus index.json. Unreadable files "
         "are left out (one warning each), never replaced by another clip. Re-running skips finished "
         "shards; run several processes with --num-workers N --worker-id i.",
     )
-    p.add_argument("--manifest", required=True, help="JSONL/CSV manifest of videos and captions")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSONL/CSV manifest of videos and captions")
+    source.add_argument("--shapes", type=int, metavar="N", help="N clips of the built-in shapes dataset "
+                        "instead (exact pixels, no video files; --frames/--height/--width set their size)")
+    p.add_argument("--bounce", action="store_true", help="--shapes: shapes bounce off the walls")
+    p.add_argument("--travel-frames", type=int, default=None, help="--shapes: frames in which a clip "
+                   "covers its speed's share of the frame (default: the clip)")
+    p.add_argument("--seed", type=int, default=0, help="--shapes: the dataset's seed")
     p.add_argument("--vae", required=True, help="VAE folder: train-vae's OUT/vae or a Wan VAE")
     p.add_argument("--out", required=True, help="cache directory")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (1 + k*temporal compression)")
@@ -41,6 +48,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pyramidflow.commands._parse import parse_device
+    from pyramidflow.data.sources import clip_dataset
     from pyramidflow.models.vae import load_vae
     from pyramidflow.pyramid import HaarTransform
     from pyramidflow.training.vae.cache import build_latent_cache
@@ -53,11 +61,21 @@ def run(args: argparse.Namespace) -> int:
         vae.check_frames(frames)
     if height is not None and width is not None:
         vae.check_size(height, width)
-    dataset = manifest_clips(args.manifest, frames=frames, height=height, width=width, fps=args.fps,
-                             stride=args.stride)
+    if args.shapes is not None:
+        if args.shapes < 1 or None in (frames, height, width):
+            raise ValueError("--shapes N needs N >= 1 and --frames, --height and --width")
+        dataset = clip_dataset("shapes", frames=frames, height=height, width=width, length=args.shapes,
+                               seed=args.seed, fps=args.fps or 8.0, bounce=args.bounce,
+                               travel_frames=args.travel_frames)
+        origin = {"shapes": args.shapes, "seed": args.seed, "bounce": args.bounce,
+                  "travel_frames": args.travel_frames}
+    else:
+        dataset = manifest_clips(args.manifest, frames=frames, height=height, width=width, fps=args.fps,
+                                 stride=args.stride)
+        origin = {"manifest": str(args.manifest)}
     text = text_encode_fn(args.text_encoder, dev) if args.text_encoder else None
-    extra = {"manifest": str(args.manifest), "frames": frames, "height": height, "width": width,
-             "fps": args.fps, "stride": args.stride}
+    extra = {**origin, "frames": frames, "height": height, "width": width, "fps": args.fps,
+             "stride": args.stride}
     if args.pyramid_levels < 0:
         raise ValueError(f"--pyramid-levels must be >= 0, got {args.pyramid_levels}")
     transform = HaarTransform(temporal=args.pyramid != "spatial", causal_first_frame=args.pyramid == "causal")
