@@ -1,8 +1,8 @@
 """A small UMT5 text encoder and its tokenizer, made from a list of captions (no download).
 
-For toy Wan pipelines: the tokenizer is a Unigram model trained on the captions with the
-``tokenizers`` library (Metaspace pre-tokenizer, special tokens ``<pad>``, ``</s>``, ``<unk>``),
-handed to transformers' ``T5Tokenizer`` as its vocabulary; the encoder is a randomly initialised
+For toy Wan pipelines: the tokenizer is transformers' ``T5Tokenizer`` (a ``tokenizers`` Unigram
+model, Metaspace pre-tokenizer, special tokens ``<pad>``, ``</s>``, ``<unk>``) over a vocabulary of
+the captions' words plus every character as a fallback; the encoder is a randomly initialised
 ``UMT5EncoderModel`` of the given size (frozen in training, its fixed random features of the tokens
 are what the transformer learns to read). Saved the way a ``WanPipeline`` folder holds them:
 ``text_encoder/`` and ``tokenizer/`` side by side.
@@ -10,7 +10,9 @@ are what the transformer learns to read). Saved the way a ``WanPipeline`` folder
 
 from __future__ import annotations
 
-import json
+import math
+import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,17 +22,34 @@ SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 
 
 def caption_tokenizer(captions: Iterable[str], vocab_size: int = 256):
-    """A T5Tokenizer whose Unigram vocabulary is learnt from ``captions``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A T5Tokenizer whose Unigram vocabulary holds the captions' words and every character.
+
+    The pieces are the ``vocab_size`` most frequent words (``▁word``, scored by log frequency) and,
+    for anything else, every character seen (``c`` and ``▁c``, scored far lower), so each known word
+    is one token and an unknown one falls back to characters. (Trained with the ``tokenizers``
+    Unigram trainer, a caption corpus of a few dozen words shrinks to single characters.)
+    """
     from transformers import T5Tokenizer
 
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                      unk_token="<unk>")
-    tok.train_from_iterator(list(captions), trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
+    words, chars = Counter(), Counter()
+    for caption in captions:
+        for word in re.findall(r"\w+|[^\w\s]", caption):
+            words[word] += 1
+            chars.update(word)
+    if not words:
+        raise ValueError("caption_tokenizer needs at least one non-empty caption")
+    total = sum(words.values())
+    vocab = [(piece, 0.0) for piece in SPECIAL_TOKENS] + [("▁", math.log(1 / total))]
+    vocab += [(f"▁{w}", math.log(n / total)) for w, n in words.most_common(vocab_size)]
+    floor = math.log(1 / total) - 10.0
+    for c in sorted(chars):
+        vocab += [(c, floor), (f"▁{c}", floor)]
+    seen, unique = set(), []
+    for piece, score in vocab:
+        if piece not in seen:
+            seen.add(piece)
+            unique.append((piece, score))
+    return T5Tokenizer(vocab=unique, extra_ids=0)
 
 
 def tiny_umt5(tokenizer, d_model: int = 64, num_layers: int = 2, num_heads: int = 4, d_ff: int = 128,
