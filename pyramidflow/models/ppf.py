@@ -10,8 +10,11 @@ add ``ppf_embeddings.{i}`` and ``ppf_proj_outs.{i}``. A coarse token sits at the
 tokens it covers on the fine token grid (fractional rotary positions, :meth:`TokenSegment.placement`).
 
 The level of a call: ``forward(..., patch_level=i)`` or ``TokenSegment(..., patch_level=i)``; None is
-the finest level, where the model is exactly :class:`PyramidDiT` (and diffusers' Wan).
-:meth:`PPFDiT.from_transformer` converts a trained one-patch model (docs/maths.md section 9):
+the finest level, where the model is exactly :class:`PyramidDiT` (and diffusers' Wan). The sampler's
+per-stage velocity ``f(x, sigma, stage)`` of a PPFDiT is
+``pyramidflow.pipelines.guidance.guided_velocity(model, text, patchify=True)`` (stage i at level i),
+sampled with ``PyramidConfig(patchify=True).build()`` and ``identity_transition``.
+:meth:`PPFDiT.from_transformer` converts a trained one-patch model (docs/maths.md (9.4)):
 
 * embedding: the coarse kernel is the fine kernel with each tap spread over an r-block of the coarse
   patch (r = coarse patch / fine patch per axis), divided by the block size, and the fine bias, so
@@ -124,10 +127,6 @@ class PPFDiT(PyramidDiT):
         coarse = self.patch_sizes[:-1]
         self.ppf_embeddings = nn.ModuleList([nn.Conv3d(in_channels, dim, p, stride=p) for p in coarse])
         self.ppf_proj_outs = nn.ModuleList([Linear(dim, out * math.prod(p)) for p in coarse])
-
-    @property
-    def num_patch_levels(self) -> int:
-        return len(self.patch_sizes)
 
     def _patch_level(self, level: int | None) -> tuple[tuple[int, ...], nn.Module, nn.Module]:
         n = len(self.patch_sizes)
