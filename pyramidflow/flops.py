@@ -13,16 +13,20 @@ With N video tokens, L text tokens, width d, FFN width F, one block costs in mul
 
 The text's own part (the text MLP and every block's k, v of the text) does not depend on the video:
 :func:`text_flops`; a text cache computes it once per batch of prompts (``cached_text=True``).
+
+A patchification pyramid (PPF, docs/maths.md section 9; ``TransformerSpec.ppf_patch_sizes``) keeps
+the full-resolution latent at every stage and cuts stage i into patch level i's patches: N is the
+latent's volume over that patch's, and the embedding and head scale with its volume.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from pyramidflow.errors import PyramidflowError
-from pyramidflow.pyramid.transforms import HaarTransform
+from pyramidflow.pyramid.transforms import HaarTransform, IdentityTransform
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,14 @@ class TransformerSpec:
     text_len: int = 512  # text tokens seen by cross-attention
     text_dim: int = 4096
     freq_dim: int = 256
+    ppf_patch_sizes: tuple[tuple[int, int, int], ...] | None = None  # patch per stage (PPF), coarse to fine
 
     @classmethod
     def from_config(cls, config: Mapping, text_len: int = 512) -> TransformerSpec:
-        """From a ``WanTransformer3DModel`` / ``PyramidDiT`` config dict (``config.json``)."""
+        """From a ``WanTransformer3DModel`` / ``PyramidDiT`` / ``PPFDiT`` config dict (``config.json``)."""
         try:
             dim = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+            levels = config.get("ppf_patch_sizes")
             return cls(
                 num_layers=int(config["num_layers"]),
                 dim=dim,
@@ -54,6 +60,7 @@ class TransformerSpec:
                 text_len=int(text_len),
                 text_dim=int(config.get("text_dim", 4096)),
                 freq_dim=int(config.get("freq_dim", 256)),
+                ppf_patch_sizes=None if levels is None else tuple(tuple(int(q) for q in p) for p in levels),
             )
         except KeyError as err:
             raise PyramidflowError(f"transformer config lacks the key {err.args[0]!r}") from None
@@ -129,30 +136,39 @@ def schedule_flops(
     spec: TransformerSpec,
     latent_shape: Sequence[int],
     steps: Sequence[int],
-    transform: HaarTransform,
+    transform: HaarTransform | IdentityTransform,
     cfg: bool = False,
 ) -> dict:
     """Tokens and FLOPs per stage and in total for a pyramid over a (T, H, W) latent.
 
-    ``steps`` has one entry per stage, coarse to fine; 0 steps skips a stage. Returns
-    ``{"total_tflops", "per_stage": [{"stage", "latent_shape", "tokens", "steps",
-    "tflops_per_step", "tflops"}]}``.
+    ``steps`` has one entry per stage, coarse to fine; 0 steps skips a stage. A spec with
+    ``ppf_patch_sizes`` (one per stage) counts stage i at full resolution in level i's patches, with
+    an :class:`IdentityTransform`. Returns ``{"total_tflops", "per_stage": [{"stage", "latent_shape",
+    "patch_size", "tokens", "steps", "tflops_per_step", "tflops"}]}``.
     """
     steps = [int(s) for s in steps]
     if not steps or any(s < 0 for s in steps):
         raise PyramidflowError(f"steps must be non-negative integers, one per stage, got {steps}")
     k = len(steps)
+    levels_of = spec.ppf_patch_sizes
+    if levels_of is not None and (len(levels_of) != k or not isinstance(transform, IdentityTransform)):
+        raise PyramidflowError(f"a patchification spec ({len(levels_of)} patch levels) counts one level per "
+                               f"stage at full resolution: give {len(levels_of)} step counts and an "
+                               f"IdentityTransform, got {k} steps and {transform!r}")
     t, h, w = (int(v) for v in latent_shape)
     per_stage = []
     for stage, n_steps in enumerate(steps):
         levels = k - 1 - stage
         _, _, st, sh, sw = transform.shape_at((1, 1, t, h, w), levels)
-        n_tok = tokens(spec, (st, sh, sw))
-        per_step = forward_flops(spec, n_tok) * (2 if cfg else 1) / 1e12
+        level = spec if levels_of is None else replace(spec, patch_size=levels_of[stage],
+                                                       ppf_patch_sizes=None)
+        n_tok = tokens(level, (st, sh, sw))
+        per_step = forward_flops(level, n_tok) * (2 if cfg else 1) / 1e12
         per_stage.append(
             {
                 "stage": stage,
                 "latent_shape": [st, sh, sw],
+                "patch_size": list(level.patch_size),
                 "tokens": n_tok,
                 "steps": n_steps,
                 "tflops_per_step": per_step,
@@ -165,4 +181,6 @@ def schedule_flops(
 def spec_dict(spec: TransformerSpec) -> dict:
     out = asdict(spec)
     out["patch_size"] = list(spec.patch_size)
+    if spec.ppf_patch_sizes is not None:
+        out["ppf_patch_sizes"] = [list(p) for p in spec.ppf_patch_sizes]
     return out

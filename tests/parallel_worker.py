@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_components import TINY_DIT, seeded_randn  # noqa: E402
 
 from pyramidflow.errors import PyramidflowError  # noqa: E402
-from pyramidflow.models import PyramidDiT, TokenSegment  # noqa: E402
+from pyramidflow.models import PPFDiT, PyramidDiT, TokenSegment  # noqa: E402
 from pyramidflow.models.parallel import enable_ulysses  # noqa: E402
 from pyramidflow.pipelines import PyramidFlowPipeline  # noqa: E402
 
@@ -44,6 +44,19 @@ def model_cases(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def tiny_ppf() -> PPFDiT:
+    """The tiny model with a 1x4x2 patch level (docs/maths.md section 9)."""
+    return PPFDiT.from_transformer(tiny_model(), [[1, 4, 2], [1, 2, 2]])
+
+
+@torch.no_grad()
+def ppf_cases(model) -> dict[str, torch.Tensor]:
+    """A coarse level (9 tokens: padded, gathered through its own output projection) and the finest."""
+    text, x = seeded_randn(2, 5, 16, seed=1), seeded_randn(2, 4, 3, 4, 6, seed=7)
+    t = torch.tensor([500.0, 300.0])
+    return {"ppf_coarse": model(x, t, text, patch_level=0).sample, "ppf_fine": model(x, t, text).sample}
+
+
 def generate(pipe) -> torch.Tensor:
     """Two autoregressive units under guidance (unit 1 with the history cache), latents."""
     return pipe(PROMPT, num_frames=2, num_inference_steps=[2, 1, 1], first_steps=[1, 1, 2], seed=1,
@@ -57,6 +70,9 @@ def main(out: str) -> None:
     model = tiny_model()
     enable_ulysses(model)
     results.update(model_cases(model))
+    ppf = tiny_ppf()
+    enable_ulysses(ppf)
+    results.update(ppf_cases(ppf))
     try:
         enable_ulysses(PyramidDiT(**{**TINY_DIT, "num_attention_heads": 3, "attention_head_dim": 8}))
     except PyramidflowError as err:

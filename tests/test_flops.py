@@ -91,3 +91,42 @@ def test_bad_input():
         schedule_flops(PRESETS["wan2.1-t2v-1.3b"], (21, 60, 104), (1, 1, 1), CAUSAL)
     with pytest.raises(PyramidflowError, match="lacks the key"):
         TransformerSpec.from_config({"num_layers": 2})
+
+
+def test_patchification_stages_count_their_level_tokens(tmp_path, capsys):
+    """PPF (docs/maths.md section 9): every stage at full resolution, stage i in level i's patches; the
+    counter agrees on a PPFDiT's coarse level."""
+    import json
+    from dataclasses import replace
+
+    from pyramidflow.cli import main
+    from pyramidflow.models import PPFDiT
+    from pyramidflow.pyramid import IdentityTransform
+
+    spec = replace(PRESETS["wan2.1-t2v-1.3b"], ppf_patch_sizes=((1, 4, 4), (1, 2, 2)))
+    result = schedule_flops(spec, LATENT, (20, 30), IdentityTransform())
+    assert [s["tokens"] for s in result["per_stage"]] == [7644, 30576]
+    assert [s["latent_shape"] for s in result["per_stage"]] == [[21, 56, 104]] * 2
+    assert [s["patch_size"] for s in result["per_stage"]] == [[1, 4, 4], [1, 2, 2]]
+    coarse = replace(spec, patch_size=(1, 4, 4), ppf_patch_sizes=None)
+    assert result["total_tflops"] == pytest.approx(
+        (20 * forward_flops(coarse, 7644) + 30 * forward_flops(PRESETS["wan2.1-t2v-1.3b"], 30576)) / 1e12)
+    with pytest.raises(PyramidflowError, match="one level per stage at full resolution"):
+        schedule_flops(spec, LATENT, (20, 30), CAUSAL)
+    with pytest.raises(PyramidflowError, match="give 2 step counts"):
+        schedule_flops(spec, LATENT, (20, 20, 10), IdentityTransform())
+    config = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                  out_channels=4, text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2)
+    model = PPFDiT(**config, ppf_patch_sizes=[[1, 4, 4], [1, 2, 2]]).eval()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 4, 3, 8, 8), torch.tensor([500.0]), torch.randn(1, 7, 16), patch_level=0)
+    small = TransformerSpec.from_config(dict(model.config), text_len=7)
+    assert small.ppf_patch_sizes == ((1, 4, 4), (1, 2, 2))
+    assert forward_flops(replace(small, patch_size=(1, 4, 4)), 12) == counter.get_total_flops()
+    model.save_pretrained(tmp_path / "ppf")
+    for args in (["--patches", "1x4x4,1x2x2"], ["--config", str(tmp_path / "ppf")]):
+        assert main(["flops", *args, "--steps", "20-30", "--height", "448", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["pyramid"] == "patchification" and out["per_stage"][0]["patch_size"] == [1, 4, 4]
+    assert main(["flops", "--patches", "1x3x4,1x2x2", "--steps", "20-30"]) == 2
+    assert "not a multiple of the model's patch_size" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parallel_worker import CLI_ARGS, SHIPPED, generate, model_cases, tiny_model
+from parallel_worker import CLI_ARGS, SHIPPED, generate, model_cases, ppf_cases, tiny_model, tiny_ppf
 from PIL import Image
 
 from pyramidflow.cli import main
@@ -59,6 +59,14 @@ def test_ulysses_transformer_calls_match_one_process(launched):
         assert torch.equal(launched[0][name], launched[1][name]), name  # every process holds the output
     assert launched[0]["heads_error"] == ("Ulysses splits the 3 attention heads over 2 processes: "
                                           "use a number of processes that divides 3")
+
+
+def test_ulysses_ppf_levels_match_one_process(launched):
+    """A PPFDiT's coarse level (docs/maths.md section 9) is sharded and gathered like the finest."""
+    one = ppf_cases(tiny_ppf())
+    for name, expected in one.items():
+        for rank in launched[0]:
+            torch.testing.assert_close(rank[name], expected, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_ulysses_and_cfg_generations_match_one_process(launched):

@@ -30,6 +30,11 @@ def register(subparsers) -> None:
         "--pyramid", choices=PYRAMIDS, default="causal",
         help="how a level lowers the latent: causal first frame (Wan, default), 2x2x2, or 2x2",
     )
+    p.add_argument(
+        "--patches", default=None, metavar="1x4x4,1x2x2",
+        help="pyramidal patchification: one patch (t x h x w) per stage, coarse to fine, the last the "
+        "model's own; every stage at full resolution (default: a PPF config.json's ppf_patch_sizes)",
+    )
     p.add_argument("--text-len", type=int, default=512, help="text tokens (default 512)")
     p.add_argument("--cfg", action="store_true", help="count two forward passes per step")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -41,7 +46,8 @@ def compute(args: argparse.Namespace) -> dict:
 
     from pyramidflow.commands._parse import int_list
     from pyramidflow.flops import PRESETS, WAN_VAE, TransformerSpec, schedule_flops, spec_dict
-    from pyramidflow.pyramid import HaarTransform
+    from pyramidflow.models.ppf import check_patch_sizes
+    from pyramidflow.pyramid import HaarTransform, IdentityTransform
 
     if args.config:
         path = Path(args.config)
@@ -56,9 +62,13 @@ def compute(args: argparse.Namespace) -> dict:
         name = args.preset or "wan2.1-t2v-1.3b"
         spec = replace(PRESETS[name], text_len=args.text_len)
     steps = int_list(args.steps, allow_zero=True)
-    transform = HaarTransform(
-        temporal=args.pyramid != "spatial", causal_first_frame=args.pyramid == "causal"
-    )
+    if args.patches is not None:
+        spec = replace(spec, ppf_patch_sizes=check_patch_sizes(_patches(args.patches), spec.patch_size))
+    pyramid = args.pyramid
+    if spec.ppf_patch_sizes is not None:
+        transform, pyramid = IdentityTransform(), "patchification"
+    else:
+        transform = HaarTransform(temporal=pyramid != "spatial", causal_first_frame=pyramid == "causal")
     latent = WAN_VAE.latent_shape(args.frames, args.height, args.width)
     result = schedule_flops(spec, latent, steps, transform, cfg=args.cfg)
     full_tokens = result["per_stage"][-1]["tokens"]
@@ -69,7 +79,7 @@ def compute(args: argparse.Namespace) -> dict:
         video=[args.frames, args.height, args.width],
         latent_shape=list(latent),
         steps=list(steps),
-        pyramid=args.pyramid,
+        pyramid=pyramid,
         full_resolution_tokens=full_tokens,
         single_stage_same_steps_tflops=single["total_tflops"],
     )
@@ -86,12 +96,12 @@ def run(args: argparse.Namespace) -> int:
         f"{'x'.join(map(str, result['latent_shape']))}, steps {'-'.join(map(str, result['steps']))}, "
         f"{result['pyramid']} pyramid"
     )
-    header = ("stage", "latent T x H x W", "tokens", "steps", "TFLOPs/step", "TFLOPs")
-    print("{:>5} {:>18} {:>8} {:>5} {:>12} {:>10}".format(*header))
+    header = ("stage", "latent T x H x W", "patch", "tokens", "steps", "TFLOPs/step", "TFLOPs")
+    print("{:>5} {:>18} {:>7} {:>8} {:>5} {:>12} {:>10}".format(*header))
     for s in result["per_stage"]:
-        shape = "x".join(map(str, s["latent_shape"]))
+        shape, patch = "x".join(map(str, s["latent_shape"])), "x".join(map(str, s["patch_size"]))
         print(
-            f"{s['stage']:>5} {shape:>18} {s['tokens']:>8} {s['steps']:>5} "
+            f"{s['stage']:>5} {shape:>18} {patch:>7} {s['tokens']:>8} {s['steps']:>5} "
             f"{s['tflops_per_step']:>12.2f} {s['tflops']:>10.1f}"
         )
     total, single = result["total_tflops"], result["single_stage_same_steps_tflops"]
@@ -99,3 +109,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"total: {total:.1f} TFLOPs ({saving:.0f}% less than {sum(result['steps'])} full-resolution steps: "
           f"{single:.1f} TFLOPs)")
     return 0
+
+
+def _patches(text: str) -> list[list[int]]:
+    """"1x4x4,1x2x2" -> [[1, 4, 4], [1, 2, 2]] (a one-line error for anything else)."""
+    from pyramidflow.errors import PyramidflowError
+
+    try:
+        patches = [[int(q) for q in item.split("x")] for item in text.split(",")]
+    except ValueError:
+        patches = []
+    if not patches or any(len(p) != 3 for p in patches):
+        raise PyramidflowError(f"--patches must list t x h x w patches, coarse to fine, e.g. 1x4x4,1x2x2; "
+                               f"got {text!r}")
+    return patches

@@ -1,5 +1,7 @@
-"""Models: the pyramid transformer (Wan-compatible), text encoders, and the video VAE (``models.vae``)."""
+"""Models: the pyramid transformer (Wan-compatible) and its patchification variant (``PPFDiT``), text
+encoders, and the video VAE (``models.vae``)."""
 
+from pyramidflow.models.ppf import PPFDiT, load_transformer
 from pyramidflow.models.segments import HistoryCache, TextCache, TokenSegment
 from pyramidflow.models.text_encoders import EmbeddedTextEncoder, PretrainedTextEncoder, load_text_encoder
 from pyramidflow.models.transformer import PyramidDiT, PyramidDiTBlock
@@ -9,6 +11,7 @@ __all__ = [
     "EmbeddedTextEncoder",
     "HistoryCache",
     "LazyTextCache",
+    "PPFDiT",
     "PretrainedTextEncoder",
     "PyramidDiT",
     "PyramidDiTBlock",
@@ -17,5 +20,6 @@ __all__ = [
     "UnitVelocity",
     "call_model",
     "load_text_encoder",
+    "load_transformer",
     "timestep_of",
 ]

@@ -29,6 +29,9 @@ class TokenSegment:
     offset, scale: the (t, h, w) coordinate of token (i, j, k) on the reference grid is
     ``offset + scale * (i, j, k)`` (in tokens of the reference grid, fractional allowed).
     unit: index of the unit in the video; a token never attends to a later unit.
+    patch_level: the patch level of a patchification pyramid (:class:`pyramidflow.models.ppf.PPFDiT`,
+    docs/maths.md section 9), coarse to fine; None: the model's own patch size. A larger patch's token
+    sits at the centre of the tokens of the model's own patch it covers (:meth:`placement`).
     """
 
     latent: Tensor
@@ -36,6 +39,15 @@ class TokenSegment:
     offset: Sequence[float] = (0.0, 0.0, 0.0)
     scale: Sequence[float] = (1.0, 1.0, 1.0)
     unit: int = 0
+    patch_level: int | None = None
+
+    def placement(self, ratio: Sequence[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(offset, scale) on the reference grid of tokens that each cover ``ratio`` (t, h, w) tokens of
+        the segment's own grid: token i sits at the centre ``r i + (r - 1) / 2`` of the tokens it covers.
+        ``ratio`` (1, 1, 1) gives ``offset`` and ``scale`` unchanged."""
+        offset = tuple(float(o) + float(s) * (r - 1) / 2 for o, s, r in zip(self.offset, self.scale, ratio,
+                                                                              strict=True))
+        return offset, tuple(float(s) * r for s, r in zip(self.scale, ratio, strict=True))
 
     @classmethod
     def at_level(cls, latent: Tensor, timestep: Tensor | float, unit: int = 0, levels_coarser: int = 0,

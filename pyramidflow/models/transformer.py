@@ -104,7 +104,7 @@ class _Tokens:
         self.timesteps = timesteps  # (B, M)
         self.repeats = repeats  # list of M ints: tokens per timestep entry
         self.units, self.samples = units, samples  # (S,) long each
-        self.grids = grids  # per segment (f, h, w, tokens)
+        self.grids = grids  # per segment (f, h, w, patch level, tokens)
 
 
 class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -189,13 +189,13 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         latent = seg.latent
         if latent.ndim != 5:
             raise PyramidflowError(f"segment latent must be (B, C, F, H, W), got shape {tuple(latent.shape)}")
-        p = tuple(self.config.patch_size)
+        p, embed, _ = self._patch_level(seg.patch_level)
         if any(n % q for n, q in zip(latent.shape[2:], p, strict=True)):
             raise PyramidflowError(f"latent size {tuple(latent.shape[2:])} is not divisible "
                                    f"by patch size {p}")
         grid = tuple(n // q for n, q in zip(latent.shape[2:], p, strict=True))
         n = math.prod(grid)
-        x = self.patch_embedding(latent.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        x = embed(latent.to(embed.weight.dtype)).flatten(2).transpose(1, 2)
         b = latent.shape[0]
         t = torch.as_tensor(seg.timestep, device=latent.device)
         if t.ndim == 0:
@@ -210,9 +210,17 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise PyramidflowError(f"timestep must be a number, (B,) or (B, tokens)=({b}, {n}); "
                                    f"got {tuple(t.shape)}")
         cfg = self.config
-        rope = grid_rotation(grid, seg.offset, seg.scale, cfg.attention_head_dim, cfg.rope_theta,
-                             latent.device)
-        return x, rope, t, reps, grid + (n,)
+        offset, scale = seg.placement([q // f for q, f in zip(p, cfg.patch_size, strict=True)])
+        rope = grid_rotation(grid, offset, scale, cfg.attention_head_dim, cfg.rope_theta, latent.device)
+        return x, rope, t, reps, grid + (seg.patch_level, n)
+
+    def _patch_level(self, level: int | None) -> tuple[tuple[int, ...], nn.Module, nn.Module]:
+        """(patch size, patch embedding, output projection) of a segment's ``patch_level``: this model has
+        one (None); a patchification pyramid has one per level (:class:`pyramidflow.models.ppf.PPFDiT`)."""
+        if level is not None:
+            raise PyramidflowError(f"patch level {level} needs a model with patch levels (PPFDiT); "
+                                   "PyramidDiT has one patch size: leave patch_level None")
+        return tuple(self.config.patch_size), self.patch_embedding, self.proj_out
 
     def _tokens(self, samples: Sequence[Sequence[TokenSegment]]) -> _Tokens:
         xs, pos, ts, reps, units, sids, grids = [], [], [], [], [], [], []
@@ -236,10 +244,15 @@ class PyramidDiT(ModelMixin, ConfigMixin, PeftAdapterMixin):
         mod = Modulation(temb.unsqueeze(2), repeats)
         shift, scale = mod.vectors(self.scale_shift_table)
         x = mod.apply(self.norm_out.modulate, [x], [scale, shift])
-        x = self.proj_out(x)[:, :sum(g[-1] for g in grids)]  # (B, S, C * pt * ph * pw), without padding
-        pt, ph, pw = self.config.patch_size
-        outs = []
-        for part, (f, h, w, _) in zip(x.split([g[-1] for g in grids], dim=1), grids, strict=True):
+        sizes, levels = [g[-1] for g in grids], [g[3] for g in grids]
+        if len(set(levels)) == 1:  # one projection over the sequence (gathered under sequence parallelism)
+            parts = self._patch_level(levels[0])[2](x)[:, :sum(sizes)].split(sizes, dim=1)
+        else:  # packed samples at several patch levels
+            parts = [self._patch_level(lv)[2](part) for part, lv in
+                     zip(x[:, :sum(sizes)].split(sizes, dim=1), levels, strict=True)]
+        outs = []  # parts: (B, n, C * pt * ph * pw) per segment, without padding
+        for part, (f, h, w, level, _) in zip(parts, grids, strict=True):
+            pt, ph, pw = self._patch_level(level)[0]
             part = part.reshape(x.shape[0], f, h, w, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
             outs.append(part.reshape(x.shape[0], -1, f * pt, h * ph, w * pw))
         return outs if split else [torch.cat([o.flatten(2) for o in outs], 2)]

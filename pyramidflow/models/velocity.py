@@ -32,11 +32,15 @@ def timestep_of(sigma: Tensor | float) -> Tensor | float:
     return TIMESTEP_SCALE * float(sigma)
 
 
-def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, text_cache: TextCache | None = None) -> Tensor:
+def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, text_cache: TextCache | None = None,
+               patch_level: int | None = None) -> Tensor:
     """Velocity of ``model`` (called like diffusers' ``WanTransformer3DModel``) at ``x`` (B, C, T, H, W),
     natural level ``sigma`` (B,) and text embeddings ``text`` (B, L, D); ``text_cache``: their
-    keys/values (:meth:`PyramidDiT.build_text_cache`), passed on only when given."""
+    keys/values (:meth:`PyramidDiT.build_text_cache`), and ``patch_level``: the patch level of a
+    :class:`pyramidflow.models.ppf.PPFDiT` (docs/maths.md section 9), each passed on only when given."""
     extra = {} if text_cache is None else {"text_cache": text_cache}
+    if patch_level is not None:
+        extra["patch_level"] = patch_level
     out = model(hidden_states=x, timestep=timestep_of(sigma), encoder_hidden_states=text, return_dict=False,
                 **extra)
     return out[0] if isinstance(out, (tuple, list)) else out

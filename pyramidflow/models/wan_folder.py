@@ -30,7 +30,7 @@ from pyramidflow.errors import PyramidflowError
 PIPELINE_CLASS = "WanPipeline"
 # component -> the classes this project reads in that slot
 COMPONENTS = {
-    "transformer": ("WanTransformer3DModel", "PyramidDiT"),
+    "transformer": ("WanTransformer3DModel", "PyramidDiT", "PPFDiT"),
     "vae": ("AutoencoderKLWan",),
     "text_encoder": ("UMT5EncoderModel", "T5EncoderModel"),
     "tokenizer": None,  # any tokenizer class: it is read with AutoTokenizer
@@ -138,15 +138,16 @@ class WanParts:
 def load_wan_folder(path: str | Path, dtype: torch.dtype = torch.float32,
                     text_dtype: torch.dtype | None = None, vae_dtype: torch.dtype = torch.float32,
                     max_length: int = 512, pipeline_class: str | None = None) -> WanParts:
-    """Load the transformer (as :class:`PyramidDiT`, in ``dtype``), the VAE (``vae_dtype``; Wan's
-    own pipeline decodes in float32) and the text encoder (``text_dtype``, default ``dtype``) of
-    the Wan pipeline folder at ``path`` (:func:`inspect_wan_folder` first, with ``pipeline_class``)."""
+    """Load the transformer (as :class:`PyramidDiT`, or the PPFDiT a saved folder names, in ``dtype``),
+    the VAE (``vae_dtype``; Wan's own pipeline decodes in float32) and the text encoder (``text_dtype``,
+    default ``dtype``) of the Wan pipeline folder at ``path`` (:func:`inspect_wan_folder` first, with
+    ``pipeline_class``)."""
+    from pyramidflow.models.ppf import load_transformer
     from pyramidflow.models.text_encoders import PretrainedTextEncoder
-    from pyramidflow.models.transformer import PyramidDiT
     from pyramidflow.models.vae.wan import WanVAE
 
     folder = inspect_wan_folder(path, pipeline_class)
-    transformer = PyramidDiT.from_pretrained(folder.part("transformer"), torch_dtype=dtype).eval()
+    transformer = load_transformer(folder.part("transformer"), torch_dtype=dtype).eval()
     vae = WanVAE.from_pretrained(folder.part("vae"), torch_dtype=vae_dtype)
     text_encoder = PretrainedTextEncoder(folder.part("text_encoder"), max_length=max_length,
                                          dtype=text_dtype or dtype, tokenizer_path=folder.part("tokenizer"))

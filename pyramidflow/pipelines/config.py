@@ -53,6 +53,7 @@ class PipelineConfig:
             raise PyramidflowError(f"unknown space {self.space!r}; valid: {', '.join(SPACES)}")
         self.temporal.check()
         self.sampling.check()
+        self.pyramid.check_temporal(self.temporal)
 
     @classmethod
     def from_train_dict(cls, train: dict) -> PipelineConfig:

@@ -36,6 +36,7 @@ def guided_velocity(
     first_frame_guidance: float | None = None,
     transform: HaarTransform | None = None,
     cache_text: bool = True,
+    patchify: bool = False,
 ) -> VelocityFn:
     """A ``velocity_fn(x, sigma, stage)`` for :func:`pyramidflow.pyramid.sample`.
 
@@ -43,6 +44,9 @@ def guided_velocity(
     (needed whenever a scale differs from 1). ``first_frame_guidance`` defaults to ``guidance``.
     With ``cache_text`` the text's cross-attention keys/values (of the doubled batch under guidance)
     are computed at the first call and reused by every later one (a model with ``build_text_cache``).
+    With ``patchify`` (a patchification pyramid, docs/maths.md section 9) stage i runs the model at
+    patch level i (:class:`pyramidflow.models.ppf.PPFDiT`); with guidance 1 this is the plain
+    per-stage velocity of such a model, one pass per call.
     """
     first = guidance if first_frame_guidance is None else first_frame_guidance
     transform = transform or HaarTransform()
@@ -59,10 +63,11 @@ def guided_velocity(
     cache = LazyTextCache(model, both if needs_uncond else text, cache_text)
 
     def velocity(x: Tensor, sigma: Tensor, stage: int) -> Tensor:
+        level = int(stage) if patchify else None
         if not needs_uncond:
-            return call_model(model, x, sigma, text, cache.get(x.shape[0])).to(x.dtype)
+            return call_model(model, x, sigma, text, cache.get(x.shape[0]), level).to(x.dtype)
         out = call_model(model, torch.cat([x, x], 0), torch.cat([sigma, sigma], 0), both,
-                         cache.get(2 * x.shape[0]))
+                         cache.get(2 * x.shape[0]), level)
         v_u, v_c = out.to(x.dtype).chunk(2, 0)
         w = frame_scales(x.shape[2], first, guidance, transform, x.device).to(x.dtype)
         return v_u + w * (v_c - v_u)

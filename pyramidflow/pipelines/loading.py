@@ -3,7 +3,7 @@
 A saved pipeline (diffusers-style layout)::
 
     model_index.json     class, component classes, the PipelineConfig
-    transformer/         PyramidDiT (config.json + safetensors)
+    transformer/         PyramidDiT or PPFDiT, as its config.json names (config.json + safetensors)
     text_encoder/        the text encoder (embedded: weights + vocab.json)
     vae/                 latent-space models only
 
@@ -35,7 +35,7 @@ from pyramidflow.config import from_dict, to_dict
 from pyramidflow.errors import DamagedFileError, PyramidflowError
 from pyramidflow.io.checkpoint import load_newest, read_meta, verify_checkpoint
 from pyramidflow.io.checksums import read_json, verify_checksums, write_checksums, write_json
-from pyramidflow.models import PyramidDiT, load_text_encoder
+from pyramidflow.models import load_text_encoder, load_transformer
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.wan_loading import WAN_CLASSES, load_wan_parts
@@ -77,7 +77,7 @@ def _from_index(path: Path):
                                     "safetensors weights")
     verify_checksums(path)
     transformer = _read(path / "transformer",
-                        lambda: PyramidDiT.from_pretrained(path / "transformer", torch_dtype=torch.float32))
+                        lambda: load_transformer(path / "transformer", torch_dtype=torch.float32))
     text_encoder = _read(path / "text_encoder", lambda: load_text_encoder(path / "text_encoder"))
     vae = _read(path / "vae", lambda: load_vae(path / "vae")) if config.space == "latent" else None
     return transformer, text_encoder.float(), vae, config
@@ -126,11 +126,11 @@ def _transformer_of(folder: Path, model_cfg: dict):
     """A checkpoint's transformer; a LoRA run saved the adapted model (base + adapter weights), rebuilt
     here from its base (``model.pretrained``) and the adapter before its weights are read."""
     if not model_cfg.get("lora_rank"):
-        return PyramidDiT.from_pretrained(folder, torch_dtype=torch.float32)
+        return load_transformer(folder, torch_dtype=torch.float32)
     from pyramidflow.io.checkpoint import load_model_weights
     from pyramidflow.models.lora import ATTENTION_TARGETS, add_lora
 
-    model = PyramidDiT.from_pretrained(model_cfg["pretrained"], torch_dtype=torch.float32)
+    model = load_transformer(model_cfg["pretrained"], torch_dtype=torch.float32)
     add_lora(model, model_cfg["lora_rank"], model_cfg.get("lora_alpha"),
              model_cfg.get("lora_targets") or ATTENTION_TARGETS)
     load_model_weights(model, folder)

@@ -12,7 +12,9 @@ Generation follows the model's temporal mode (docs/maths.md section 7):
   ``guidance_scale`` (and ``first_steps``), later units with ``video_guidance_scale``. An ``image``
   becomes the first unit (image-to-video).
 * ``full_sequence``: all frames at once by Algorithm 1, guidance ``guidance_scale`` on the first
-  frame and ``video_guidance_scale`` on the rest.
+  frame and ``video_guidance_scale`` on the rest. With ``pyramid.patchify`` (a
+  :class:`pyramidflow.models.ppf.PPFDiT`, docs/maths.md section 9) every stage is at full resolution,
+  stage i at the model's patch level i, and the stages meet without a jump.
 
 ``num_frames=1`` is text-to-image in both modes. Within a stage the steps follow the model's saved
 ``sampling.step_rule``: Euler (Algorithm 1), or x0 re-noising for few-step (distilled) models
@@ -31,6 +33,7 @@ Several processes (``enable_parallel``: Ulysses sequence parallelism or CFG para
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.ppf import check_stage_levels, patch_sizes_of
 from pyramidflow.models.vae import PixelSpace, frames_to_model, model_to_frames
 from pyramidflow.models.velocity import UnitVelocity
 from pyramidflow.pipelines.autoregressive import generate_units
@@ -71,6 +75,7 @@ class PyramidFlowPipeline:
         self.transformer, self.text_encoder = transformer, text_encoder
         self.vae = vae if self.config.space == "latent" else PixelSpace()
         self.schedule, self.transform = self.config.pyramid.build()
+        check_stage_levels(transformer, self.config.pyramid)
         self.parallel = "none"  # or "ulysses", "cfg": enable_parallel
         self.offload = Offload("cpu")  # enable_offload
         self.tiling: dict = {}  # enable_vae_tiling
@@ -165,6 +170,8 @@ class PyramidFlowPipeline:
         rules = [f"1 + {tc}k video frames"] if tc > 1 else []
         if self.config.temporal.autoregressive and f > 1:
             rules.append(f"model frames a multiple of {f}")
+        if self._patch_frames() > 1:
+            rules.append(f"model frames a multiple of {self._patch_frames()} (the patches of every stage)")
         pyramid_in_time = self.transform.temporal and self.schedule.num_stages > 1
         if pyramid_in_time and not self.config.temporal.autoregressive:
             levels = 2 ** (self.schedule.num_stages - 1)
@@ -177,6 +184,8 @@ class PyramidFlowPipeline:
         if num_frames < 1 or (num_frames - 1) % tc:
             return None
         frames = 1 + (num_frames - 1) // tc
+        if frames % self._patch_frames():
+            return None
         if self.config.temporal.autoregressive:
             return None if frames % self.config.temporal.frames_per_unit else frames
         if self.transform.temporal:  # the clip itself is halved in time at every level
@@ -187,11 +196,19 @@ class PyramidFlowPipeline:
                 return None
         return frames
 
+    def _patch_frames(self) -> int:
+        """Latent frames every stage's patches need a multiple of (a patchification pyramid's levels)."""
+        sizes = patch_sizes_of(self.transformer) if self.config.pyramid.patchify else None
+        return math.lcm(*(p[0] for p in sizes)) if sizes else 1
+
     def model_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """(B, C, T, h, w) in model space; a clear error for sizes the pyramid and patches cannot take."""
         scale = self.vae.spatial_compression
         _, ph, pw = self.transformer.config.patch_size
         levels = 2 ** (self.schedule.num_stages - 1)
+        if self.config.pyramid.patchify:  # full resolution at every stage, in every level's patches
+            sizes = patch_sizes_of(self.transformer)
+            ph, pw, levels = math.lcm(*(p[1] for p in sizes)), math.lcm(*(p[2] for p in sizes)), 1
         for name, size, patch in (("height", height, ph), ("width", width, pw)):
             m = scale * levels * patch
             if size < m or size % m:
@@ -311,9 +328,10 @@ class PyramidFlowPipeline:
                                      max_history=cfg.temporal.max_history, step_rule=rule)
         else:
             fn = guided_velocity(model, text, null if guided else None, w_rest, w_first,
-                                 self.transform)
+                                 self.transform, patchify=cfg.pyramid.patchify)
             latents = sample(bar.wrap(fn), self.schedule, self.transform, shape, steps, generator,
-                             device=self.device, noise=latents, step_rule=rule)
+                             device=self.device, noise=latents, step_rule=rule,
+                             transition=cfg.pyramid.transition())
         bar.close()
         video = self.decode(latents)  # cast to the autoencoder's dtype there
         if output_type == "np":

@@ -1,6 +1,7 @@
 """The pyramid core: pure maths on tensors (no nn.Module). See docs/maths.md and docs/pyramid.md.
 
-* :class:`HaarTransform` -- ``down``/``up``/``detail_noise`` between levels (section 2).
+* :class:`HaarTransform` -- ``down``/``up``/``detail_noise`` between levels (section 2);
+  :class:`IdentityTransform` for a patchification pyramid, every level at full resolution (section 9).
 * :class:`PyramidSchedule` -- windows, sigma grids, natural <-> global levels (sections 3-4).
 * :func:`renoise` -- the exact jump between stages (section 5).
 * :func:`training_sample` -- the unified training path (section 6).
@@ -27,10 +28,11 @@ from pyramidflow.pyramid.training_path import (
     draw_stages,
     training_sample,
 )
-from pyramidflow.pyramid.transforms import HaarTransform
+from pyramidflow.pyramid.transforms import HaarTransform, IdentityTransform
 
 __all__ = [
     "HaarTransform",
+    "IdentityTransform",
     "PyramidConfig",
     "PyramidSchedule",
     "TemporalConfig",

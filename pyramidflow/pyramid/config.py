@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.pyramid.schedule import PyramidSchedule
-from pyramidflow.pyramid.transforms import HaarTransform
+from pyramidflow.pyramid.steps import Transition, haar_jump, identity_transition
+from pyramidflow.pyramid.transforms import HaarTransform, IdentityTransform
 
 TEMPORAL_MODES = ("full_sequence", "autoregressive")
 UNIT_DRAWS = ("uniform", "variable_length")  # pyramidflow.pyramid.temporal.unit_probabilities
@@ -18,7 +19,12 @@ UNIT_DRAWS = ("uniform", "variable_length")  # pyramidflow.pyramid.temporal.unit
 
 @dataclass
 class PyramidConfig:
-    """The pyramid (docs/maths.md sections 2-6): stages, windows, transform and the training mix."""
+    """The pyramid (docs/maths.md sections 2-6): stages, windows, transform and the training mix.
+
+    ``patchify``: a patchification pyramid (section 9): every stage at full resolution, stage i at
+    patch level i of a :class:`pyramidflow.models.ppf.PPFDiT`, meeting windows (c = 1) and the
+    identity between stages; ``temporal`` and ``causal_first_frame`` must then be false.
+    """
 
     num_stages: int = 3
     stage_ends: tuple[float, ...] | None = None
@@ -29,11 +35,28 @@ class PyramidConfig:
     density: str = "uniform"  # or "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    patchify: bool = False  # stages are patch levels at full resolution (PPF), not resolutions
 
-    def build(self) -> tuple[PyramidSchedule, HaarTransform]:
-        transform = HaarTransform(temporal=self.temporal, causal_first_frame=self.causal_first_frame)
+    def build(self) -> tuple[PyramidSchedule, HaarTransform | IdentityTransform]:
+        if self.patchify:
+            if self.temporal or self.causal_first_frame:
+                raise PyramidflowError("pyramid.patchify keeps the full resolution at every stage: "
+                                       "pyramid.temporal and pyramid.causal_first_frame must be false")
+            transform = IdentityTransform()
+        else:
+            transform = HaarTransform(temporal=self.temporal, causal_first_frame=self.causal_first_frame)
         schedule = PyramidSchedule(self.num_stages, self.stage_ends, gain=transform.gain, shift=self.shift)
         return schedule, transform
+
+    def check_temporal(self, temporal: TemporalConfig) -> None:
+        """Raise unless this pyramid serves ``temporal``'s mode (a patchification pyramid: whole clips)."""
+        if self.patchify and temporal.autoregressive:
+            raise PyramidflowError("pyramid.patchify generates whole clips at full resolution: it needs "
+                                   "temporal.mode: full_sequence")
+
+    def transition(self) -> Transition:
+        """Between stages: the identity for a patchification pyramid, else the renoising jump."""
+        return identity_transition if self.patchify else haar_jump
 
     def path_kwargs(self) -> dict:
         """The keyword arguments of :func:`pyramidflow.pyramid.training_sample` this config sets."""

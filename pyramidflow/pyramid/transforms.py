@@ -260,3 +260,59 @@ class HaarTransform:
 
     def merge_groups(self, parts: list[Tensor]) -> Tensor:
         return self._merge(parts)
+
+
+class IdentityTransform:
+    """The levels of a patchification pyramid (docs/maths.md section 9): every level is the full resolution.
+
+    Stages differ by the model's patch size, not by the latent's, so ``down`` and ``up`` are the
+    identity, there is no detail subspace and the gain is c = 1. Used wherever a
+    :class:`HaarTransform` is: with it :func:`pyramidflow.pyramid.training_sample` is the plain
+    flow-matching path ``(1 - sigma) x0 + sigma eps`` with target ``eps - x0`` (sigma in the drawn
+    stage's window), the sampler starts from full-resolution noise, and the jump (5.1) with c = 1 is
+    the identity (alpha = 1, sigma' = sigma), as :func:`pyramidflow.pyramid.identity_transition`.
+    """
+
+    temporal = False
+    causal_first_frame = False
+    gain = 1.0
+    group_gains = (1.0,)
+
+    def __repr__(self) -> str:
+        return "IdentityTransform()"
+
+    def check_shape(self, shape, levels: int = 1) -> None:
+        """Raise a clear error unless ``shape`` is (B, C, T, H, W) (every size keeps at every level)."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 5:
+            raise PyramidflowError(f"expected a (B, C, T, H, W) shape, got {len(shape)} dims: {shape}")
+        if levels < 0:
+            raise PyramidflowError(f"levels must be >= 0, got {levels}")
+
+    def shape_at(self, shape, levels: int) -> Shape5:
+        self.check_shape(shape, levels)
+        return tuple(int(s) for s in shape)
+
+    def down(self, x: Tensor, levels: int = 1) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise PyramidflowError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        self.check_shape(x.shape, levels)
+        return x
+
+    def up(self, y: Tensor, levels: int = 1) -> Tensor:
+        return self.down(y, levels)
+
+    def project_detail(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def lift(self, y: Tensor, scales: list[tuple[float, float]], generator=None) -> Tensor:
+        """a * y: the jump's up(y) with no detail to fill."""
+        if len(scales) != 1:
+            raise PyramidflowError(f"expected 1 (scale, noise) pair, got {len(scales)}")
+        return scales[0][0] * y
+
+    def split_groups(self, x: Tensor) -> list[Tensor]:
+        return [x]
+
+    def merge_groups(self, parts: list[Tensor]) -> Tensor:
+        return parts[0]

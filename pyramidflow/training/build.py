@@ -18,8 +18,9 @@ import yaml
 from pyramidflow.config import to_dict
 from pyramidflow.data.sources import captions, clip_dataset, with_images
 from pyramidflow.errors import PyramidflowError, PyramidflowWarning
-from pyramidflow.models import EmbeddedTextEncoder, PyramidDiT, load_text_encoder
+from pyramidflow.models import EmbeddedTextEncoder, PPFDiT, PyramidDiT, load_text_encoder, load_transformer
 from pyramidflow.models.lora import add_lora
+from pyramidflow.models.ppf import check_stage_levels
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.training.config import ModelConfig, TextEncoderConfig, TrainConfig
 from pyramidflow.training.methods.flow import FlowMatching
@@ -63,18 +64,28 @@ def build_text_encoder(cfg: TextEncoderConfig, dataset) -> torch.nn.Module:
 
 
 def build_model(cfg: ModelConfig, channels: int, text_dim: int) -> PyramidDiT:
+    """The transformer: new, or ``cfg.pretrained`` (a saved PyramidDiT / PPFDiT or diffusers Wan); with
+    ``cfg.ppf_patch_sizes`` a PPFDiT, converted from a one-patch pretrained one (docs/maths.md section 9)."""
+    sizes = None if cfg.ppf_patch_sizes is None else [list(p) for p in cfg.ppf_patch_sizes]
     if cfg.pretrained:
-        model = PyramidDiT.from_pretrained(cfg.pretrained)
+        model = load_transformer(cfg.pretrained)
         have = (model.config.in_channels, model.config.text_dim)
         if have != (channels, text_dim):
             raise PyramidflowError(f"{cfg.pretrained}: the transformer takes {have[0]} channels and text of "
                                    f"width {have[1]}, this run needs {channels} and {text_dim}")
+        if sizes is not None and not isinstance(model, PPFDiT):
+            model = PPFDiT.from_transformer(model, sizes)
+        elif sizes is not None and [list(p) for p in model.patch_sizes] != sizes:
+            have = [list(p) for p in model.patch_sizes]
+            raise PyramidflowError(f"{cfg.pretrained}: the transformer's patch levels are {have}, "
+                                   f"model.ppf_patch_sizes asks {sizes}")
     else:
-        model = PyramidDiT(
+        kind, extra = (PyramidDiT, {}) if sizes is None else (PPFDiT, {"ppf_patch_sizes": sizes})
+        model = kind(
             patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_attention_heads,
             attention_head_dim=cfg.attention_head_dim, in_channels=channels, out_channels=channels,
             text_dim=text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
-            rope_theta=cfg.rope_theta, attention_backend=cfg.attention_backend)
+            rope_theta=cfg.rope_theta, attention_backend=cfg.attention_backend, **extra)
     if cfg.lora_rank > 0:
         if not cfg.pretrained:
             raise PyramidflowError("model.lora_rank needs model.pretrained (a LoRA adapts trained weights)")
@@ -138,6 +149,7 @@ def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
             autoencoder.check_frames(cfg.data.frames)
             autoencoder.check_size(cfg.data.height, cfg.data.width)
     model = build_model(cfg.model, autoencoder.latent_channels, text_dim)
+    check_stage_levels(model, cfg.pyramid)
     return Components(model, text_encoder, dataset, autoencoder, encoded)
 
 

@@ -69,6 +69,9 @@ class ModelConfig:
     lora_rank: int = 0  # > 0: freeze the transformer and train one LoRA adapter of this rank
     lora_alpha: float | None = None  # adapter scale alpha / rank (default alpha = rank)
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS  # module name suffixes (models/lora.py)
+    # pyramidal patchification (PPFDiT, docs/maths.md section 9): one patch size per stage, coarse to
+    # fine, the last patch_size; with pretrained, a one-patch transformer is converted (from_transformer)
+    ppf_patch_sizes: tuple[tuple[int, int, int], ...] | None = None
 
 
 @dataclass
@@ -135,6 +138,13 @@ class TrainConfig:
         if not 0.0 <= self.data.image_ratio < 1.0:
             raise PyramidflowError(f"data.image_ratio must lie in [0, 1), got {self.data.image_ratio}")
         self.temporal.check()
+        self.pyramid.check_temporal(self.temporal)
+        if self.model.ppf_patch_sizes is not None and not self.pyramid.patchify:
+            raise PyramidflowError("model.ppf_patch_sizes runs stage i at patch level i: it needs "
+                                   "pyramid.patchify: true")
+        if self.model.ppf_patch_sizes is not None and self.model.lora_rank > 0:
+            raise PyramidflowError("model.ppf_patch_sizes adds patch levels that must be trained in full: "
+                                   "it cannot be combined with model.lora_rank")
         if len(self.sampling.steps) != self.pyramid.num_stages:
             raise PyramidflowError(f"sampling.steps {list(self.sampling.steps)} needs one entry per stage "
                                    f"({self.pyramid.num_stages})")

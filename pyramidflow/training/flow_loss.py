@@ -71,6 +71,7 @@ def pyramid_flow_loss(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     clean_pyramid: Sequence[Tensor] | None = None,
+    patchify: bool = False,
 ) -> LossOutput:
     """Loss on a full-resolution batch ``x0`` (B, C, T, H, W) with text embeddings ``text`` (B, L, D).
 
@@ -79,6 +80,8 @@ def pyramid_flow_loss(
     generator per example (see ``per_example_sample``). The returned ``loss`` is the mean over
     the batch; ``per_example.sum()`` serves callers that normalise by a larger (global) batch.
     The path is drawn on ``x0``'s device (so CPU generators work); the model runs on ``text``'s.
+    ``patchify``: stage s runs the model at patch level s (a patchification pyramid, docs/maths.md
+    section 9, with its :class:`IdentityTransform`).
     """
     kwargs = dict(stage=stage, stage_weights=stage_weights, density=density, logit_mean=logit_mean,
                   logit_std=logit_std, clean_pyramid=clean_pyramid)
@@ -92,7 +95,8 @@ def pyramid_flow_loss(
     per_stage: dict[int, float] = {}
     for s, (idx, x_t, sigma, target) in ts.by_stage().items():
         idx = idx.to(dev)
-        pred = call_model(model, x_t.to(dev, x0.dtype), sigma.to(dev), text[idx])
+        pred = call_model(model, x_t.to(dev, x0.dtype), sigma.to(dev), text[idx],
+                          patch_level=s if patchify else None)
         err = (pred.float() - target.to(dev).float()).pow(2).flatten(1).mean(1)  # (b,)
         total = total + err.sum()
         per_example = per_example.index_copy(0, idx, err.detach())

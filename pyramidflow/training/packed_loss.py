@@ -64,6 +64,7 @@ def draw_example(
     patch_frames: int,
     device=None,
     clean_pyramid: Sequence[Tensor] | None = None,
+    patchify: bool = False,
     **path_kwargs,
 ) -> PackedExample:
     """The sequence of one example x0 (1, C, T, H, W) (draw order: module docstring).
@@ -71,7 +72,8 @@ def draw_example(
     ``clean_pyramid``: definition-2 clean signals of the example, one per stage, coarse to fine
     (docs/maths.md section 6); in autoregressive mode they also give the compressed history (a
     spatial transform is needed: every level keeps the clip's frames). Drawn where x0 is; the
-    returned tensors are moved to ``device`` (default: x0's).
+    returned tensors are moved to ``device`` (default: x0's). ``patchify``: the current segment runs
+    at the stage's patch level (a patchification pyramid, docs/maths.md section 9).
     """
     device = x0.device if device is None else device
     if x0.dim() != 5 or x0.shape[0] != 1:
@@ -96,6 +98,8 @@ def draw_example(
         level = torch.rand((), generator=generator, dtype=torch.float64) * temporal.corrupt_max
         history = [HistoryUnit(corrupt(h.latent, float(level), generator), h.level, h.unit) for h in history]
     hist, current = unit_token_segments(history, x_t, ts.sigma, u, stage, schedule.num_stages, patch_frames)
+    if patchify:
+        current = replace(current, patch_level=stage)
     segments = [replace(s, latent=s.latent.to(device), timestep=torch.as_tensor(s.timestep).to(device))
                 for s in (*hist, current)]
     return PackedExample(segments, target.to(device), stage, ts.sigma.to(device), u)
@@ -121,6 +125,7 @@ def packed_flow_loss(
     generators: Sequence[torch.Generator],
     temporal: TemporalConfig,
     clean_pyramids: Sequence[Sequence[Tensor] | None] | None = None,
+    patchify: bool = False,
     **path_kwargs,
 ) -> LossOutput:
     """Loss over examples ``x0[j]`` (1 or no batch dim: (C, T_j, H, W)), texts (B, L, D), one packed call.
@@ -128,7 +133,8 @@ def packed_flow_loss(
     Paths are drawn where the examples are (e.g. the CPU, with CPU generators); the model runs where
     ``text`` is.
 
-    ``clean_pyramids``: per example None or its definition-2 pyramid (:func:`draw_example`).
+    ``clean_pyramids``: per example None or its definition-2 pyramid (:func:`draw_example`);
+    ``patchify``: as there.
     ``path_kwargs`` go to :func:`training_sample` (``stage_weights``, ``density``, ...). The loss
     of an example is the mean squared error over its current segment; ``loss`` is the batch mean.
     """
@@ -140,7 +146,7 @@ def packed_flow_loss(
     pyramids = clean_pyramids if clean_pyramids is not None else [None] * len(x0)
     examples = [
         draw_example(x if x.dim() == 5 else x[None], schedule, transform, g, temporal, patch_frames,
-                     text.device, clean_pyramid=p, **path_kwargs)
+                     text.device, clean_pyramid=p, patchify=patchify, **path_kwargs)
         for x, g, p in zip(x0, generators, pyramids, strict=True)
     ]
     outs = model.forward_packed([e.segments for e in examples], list(text.split(1, dim=0)))

@@ -12,6 +12,11 @@ from a latent cache), the prompt of each example is dropped to "" with probabili
 * autoregressive units, mixed clip lengths, or sharded modules: :func:`packed_flow_loss`, one
   packed call (every process makes the same number of forward passes).
 
+With ``pyramid.patchify`` (a :class:`pyramidflow.models.ppf.PPFDiT`, docs/maths.md section 9) every
+stage is at full resolution, so the path is plain flow matching, ``(1 - sigma) x0 + sigma eps`` with
+target ``eps - x0``, sigma drawn in the example's stage window, and the model runs that stage's patch
+level.
+
 Dataset items may carry ``clean_pyramid``: definition-2 clean signals (one tensor (C, T_i, H_i, W_i)
 per stage, coarse to fine) used instead of down-sampling the clip (section 6).
 """
@@ -23,6 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from pyramidflow.models.ppf import check_stage_levels
 from pyramidflow.models.vae import PixelSpace, frames_to_model
 from pyramidflow.pyramid import PyramidConfig, TemporalConfig
 from pyramidflow.training.config import OptimConfig
@@ -59,6 +65,8 @@ class FlowMatching(TrainingMethod):
         self.transformer, self.text_encoder = transformer, text_encoder
         self.pyramid, self.temporal = pyramid or PyramidConfig(), temporal or TemporalConfig()
         self.temporal.check()
+        self.pyramid.check_temporal(self.temporal)
+        check_stage_levels(transformer, self.pyramid)
         self.optim = optim or OptimConfig()
         self.autoencoder = None if encoded else (autoencoder if autoencoder is not None else PixelSpace())
         self.train_text_encoder, self.text_dropout = train_text_encoder, float(text_dropout)
@@ -126,11 +134,13 @@ class FlowMatching(TrainingMethod):
             # per example (1, C, T_i, h_i, w_i) levels
             batched = None if pyramids is None else [[lv[None] for lv in p] for p in pyramids]
             out = packed_flow_loss(self.transformer, examples, text, self.schedule, self.transform,
-                                   batch.generators, self.temporal, clean_pyramids=batched, **path)
+                                   batch.generators, self.temporal, clean_pyramids=batched,
+                                   patchify=self.pyramid.patchify, **path)
         else:
             stacked = None if pyramids is None else [torch.stack(lv) for lv in zip(*pyramids, strict=True)]
             out = pyramid_flow_loss(self.transformer, x0, text, self.schedule, self.transform,
-                                    batch.generators, clean_pyramid=stacked, **path)
+                                    batch.generators, clean_pyramid=stacked, patchify=self.pyramid.patchify,
+                                    **path)
         return PhaseLoss(out.total, _stage_logs(out))
 
     # ------------------------------------------------------------- run hooks
