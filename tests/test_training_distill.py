@@ -122,3 +122,31 @@ def test_the_command_runs_a_preset(teacher, tmp_path, capsys):
                  "--set", "data.width=32", "--set", "loop.batch_size=1"])
     assert code == 0 and "done:" in capsys.readouterr().out
     assert (tmp_path / "cli" / "pipeline" / "model_index.json").is_file()
+
+
+def test_a_patchification_student_distils_through_identity_transitions(teacher, tmp_path):
+    # Few-step PPF by DMD: the student runs stage i at patch level i on the full-resolution latent.
+    from dataclasses import replace
+
+    from pyramidflow.models.ppf import PPFDiT
+    from pyramidflow.pyramid.config import PyramidConfig
+
+    pipe = PyramidFlowPipeline.from_pretrained(teacher)
+    ppf = PPFDiT.from_transformer(pipe.transformer, [(1, 8, 8), (1, 4, 4)])
+    config = replace(pipe.config, pyramid=PyramidConfig(num_stages=2, patchify=True))
+    config.sampling = replace(config.sampling, steps=(4, 4))
+    PyramidFlowPipeline(ppf, pipe.text_encoder, None, config).save_pretrained(tmp_path / "ppf")
+    cfg = DistillConfig.from_dict({
+        "output_dir": str(tmp_path / "run"), "teacher": str(teacher), "student": str(tmp_path / "ppf"),
+        "steps": [1, 1], "validation_prompts": 0,
+        "data": {"source": "shapes", "frames": 4, "height": 32, "width": 32, "num_clips": 16},
+        "dmd": {"ratio": 1},
+        "loop": {"batch_size": 2, "max_steps": 2, "checkpoint_every": 2, "progress": False}})
+    method = build_method(cfg, load_pair(cfg))
+    assert method.spec.transition.__name__ == "identity_transition"
+    distill_from_config(cfg)
+    out = PyramidFlowPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert isinstance(out.transformer, PPFDiT) and out.config.pyramid.patchify
+    assert out.config.sampling.steps == (1, 1) and out.config.sampling.step_rule == "x0_renoise"
+    frames = out("a red circle moving left", seed=1, output_type="pt", progress=False).frames
+    assert frames.shape == (1, 4, 3, 32, 32) and torch.isfinite(frames).all()

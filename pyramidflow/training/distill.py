@@ -143,7 +143,7 @@ def build_method(cfg: DistillConfig, pair: Pair, validator=None, finisher=None):
     schedule.check_steps(cfg.steps)
     probe = student_pipeline(s_model, pair.student, config)
     shape = probe.model_shape(1, cfg.data.frames, cfg.data.height, cfg.data.width)[1:]
-    spec = Student(schedule, transform, tuple(cfg.steps), tuple(shape))
+    spec = Student(schedule, transform, tuple(cfg.steps), tuple(shape), config.pyramid.transition())
     common = dict(student_optim=cfg.student_optim, validator=validator, finisher=finisher,
                   extra={"config": to_dict(cfg)})
     teacher = pair.teacher[0].float()

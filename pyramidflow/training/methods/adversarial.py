@@ -27,11 +27,10 @@ from torch import Tensor, nn
 
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae import PixelSpace, frames_to_model
-from pyramidflow.models.velocity import call_model
 from pyramidflow.pyramid.distill import predict_x0, renoise_at, student_positions
 from pyramidflow.training.config import OptimConfig
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
-from pyramidflow.training.methods.dmd import Student, batch_generator, draw_levels
+from pyramidflow.training.methods.dmd import Student, batch_generator, draw_levels, velocity_at
 from pyramidflow.training.packed_loss import split_batch
 from pyramidflow.training.vae.losses import hinge_d_loss, hinge_g_loss
 
@@ -80,11 +79,11 @@ class TeacherFeatures:
                                    "blocks")
         self.teacher, self.blocks = teacher, [blocks[i] for i in layers]
 
-    def __call__(self, x: Tensor, sigma: Tensor, text: Tensor) -> list[Tensor]:
+    def __call__(self, x: Tensor, sigma: Tensor, text: Tensor, stage: int) -> list[Tensor]:
         found: list[Tensor] = []
         hooks = [b.register_forward_hook(lambda _m, _i, out: found.append(_hidden(out))) for b in self.blocks]
         try:
-            call_model(self.teacher, x, sigma, text)
+            velocity_at(self.teacher, x, sigma, text, stage)
         finally:
             for h in hooks:
                 h.remove()
@@ -157,7 +156,7 @@ class AdversarialDistillation(TrainingMethod):
         return ae.encode(frames_to_model(videos.to(self.device)).to(ae.dtype)).float()
 
     def _logits(self, x0: Tensor, s: Tensor, eps: Tensor, text: Tensor, stage: int) -> Tensor:
-        return self.discriminator(self.features(renoise_at(x0, s, eps), s, text), stage)
+        return self.discriminator(self.features(renoise_at(x0, s, eps), s, text, stage), stage)
 
     def loss(self, phase: str, batch: MicroBatch) -> PhaseLoss:
         gen = batch_generator(batch)
@@ -175,13 +174,13 @@ class AdversarialDistillation(TrainingMethod):
         eps = torch.randn(real.shape, generator=gen).to(self.device)
         if phase == "discriminator":
             with torch.no_grad():
-                fake = predict_x0(x, call_model(self.student, x, sigma, text).float(), sigma)
+                fake = predict_x0(x, velocity_at(self.student, x, sigma, text, pos.stage), sigma)
             loss = hinge_d_loss(self._logits(real, s, eps, text, pos.stage),
                                 self._logits(fake, s, eps, text, pos.stage))
             return PhaseLoss(loss * n, {"loss_discriminator": mean_log(loss, n)})
         if phase != "student":
             raise PyramidflowError(f"unknown phase {phase!r}")
-        fake = predict_x0(x, call_model(self.student, x, sigma, text).float(), sigma)
+        fake = predict_x0(x, velocity_at(self.student, x, sigma, text, pos.stage), sigma)
         adv = hinge_g_loss(self._logits(fake, s, eps, text, pos.stage))
         recon = (fake - real).pow(2).mean()
         loss = adv + self.config.reconstruction * recon

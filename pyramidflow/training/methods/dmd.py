@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.ppf import patch_sizes_of
 from pyramidflow.models.velocity import call_model
 from pyramidflow.pipelines.guidance import guided_velocity
 from pyramidflow.pyramid.distill import (
@@ -42,6 +43,7 @@ from pyramidflow.pyramid.distill import (
     student_positions,
 )
 from pyramidflow.pyramid.schedule import PyramidSchedule
+from pyramidflow.pyramid.steps import Transition, haar_jump
 from pyramidflow.pyramid.transforms import HaarTransform
 from pyramidflow.training.config import OptimConfig
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
@@ -78,6 +80,13 @@ class Student:
     transform: HaarTransform
     steps: tuple[int, ...]
     shape: tuple[int, ...]  # one example's model-space shape (C, T, h, w) at full resolution
+    transition: Transition = haar_jump  # identity_transition for a patchification pyramid (PPF)
+
+
+def velocity_at(model, x: Tensor, sigma: Tensor, text: Tensor, stage: int) -> Tensor:
+    """``model``'s velocity at a stage: a patchification model (PPF) runs stage i at patch level i."""
+    level = stage if patch_sizes_of(model) is not None else None
+    return call_model(model, x, sigma, text, patch_level=level).float()
 
 
 def batch_generator(batch: MicroBatch) -> torch.Generator:
@@ -155,10 +164,10 @@ class DMDDistillation(TrainingMethod):
         shape = (len(batch.items), *self.spec.shape)
 
         def student_velocity(x, sigma, stage):
-            return call_model(self.student, x.to(self.device), sigma.to(self.device), text).float().cpu()
+            return velocity_at(self.student, x.to(self.device), sigma.to(self.device), text, stage).cpu()
 
         x, pos = rollout_to(student_velocity, self.spec.schedule, self.spec.transform, shape, self.spec.steps,
-                            exit_step, gen)
+                            exit_step, gen, transition=self.spec.transition)
         return x.to(self.device), pos
 
     def _levels(self, count: int, stage: int, gen: torch.Generator) -> Tensor:
@@ -170,7 +179,8 @@ class DMDDistillation(TrainingMethod):
 
     def _real(self, text: Tensor):
         w = self.config.real_guidance
-        return guided_velocity(self.teacher, text, self._null_text() if w != 1 else None, w)
+        return guided_velocity(self.teacher, text, self._null_text() if w != 1 else None, w,
+                               patchify=patch_sizes_of(self.teacher) is not None)
 
     # ------------------------------------------------------------------- loss
     def loss(self, phase: str, batch: MicroBatch) -> PhaseLoss:
@@ -180,21 +190,21 @@ class DMDDistillation(TrainingMethod):
         n = x.shape[0]
         if phase == "critic":
             with torch.no_grad():
-                x0 = predict_x0(x, call_model(self.student, x, sigma_exit, text), sigma_exit)
+                x0 = predict_x0(x, velocity_at(self.student, x, sigma_exit, text, pos.stage), sigma_exit)
             s, eps = self._levels(n, pos.stage, gen), self._noise(x0, gen)
-            v = call_model(self.critic, renoise_at(x0, s, eps), s, text)
+            v = velocity_at(self.critic, renoise_at(x0, s, eps), s, text, pos.stage)
             per = (v.float() - (eps - x0)).pow(2).flatten(1).mean(1)
             return PhaseLoss(per.sum(), {"loss_critic": mean_log(per.mean(), n),
                                          f"critic_stage{pos.stage}": mean_log(per.mean(), n)})
         if phase != "student":
             raise PyramidflowError(f"unknown phase {phase!r}")
-        x0 = predict_x0(x, call_model(self.student, x, sigma_exit, text).float(), sigma_exit)
+        x0 = predict_x0(x, velocity_at(self.student, x, sigma_exit, text, pos.stage), sigma_exit)
         s, eps = self._levels(n, pos.stage, gen), self._noise(x0, gen)
         real = self._real(text)
         with torch.no_grad():
             xs = renoise_at(x0.detach(), s, eps)
             x0_real = predict_x0(xs, real(xs, s, pos.stage), s)
-            x0_fake = predict_x0(xs, call_model(self.critic, xs, s, text).float(), s)
+            x0_fake = predict_x0(xs, velocity_at(self.critic, xs, s, text, pos.stage), s)
             g = dmd_direction(x0.detach(), x0_real, x0_fake)
         weight = 1.0 if self.config.w_dmd is None else float(self.config.w_dmd[pos.stage])
         per_dmd = weight * dmd_loss(x0, g)
