@@ -11,8 +11,8 @@ def register(subparsers) -> None:
         help="encode a manifest of videos (or built-in shapes clips) into safetensors latent shards",
         description="Encode every clip of a manifest (or --shapes N procedural clips) with a VAE (this "
         "project's or a diffusers AutoencoderKLWan folder) into checksummed safetensors shards plus "
-        "index.json. Unreadable files are left out (one warning each), never replaced by another clip. Re-running skips finished "
-        "shards; run several processes with --num-workers N --worker-id i.",
+        "index.json. Unreadable files are left out (one warning each), never replaced by another clip. "
+        "Re-running skips finished shards; run several processes with --num-workers N --worker-id i.",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="JSONL/CSV manifest of videos and captions")
