@@ -90,6 +90,8 @@ def test_a_one_stage_run_on_wan_parts_exports_a_genuine_wanpipeline(tmp_path):
     # from scratch at one stage; OUT/pipeline must be a folder diffusers' WanPipeline samples
     from diffusers import WanPipeline
 
+    from pyramidflow.pipelines import PyramidFlowPipeline
+
     teacher = Path(__file__).resolve().parents[1] / "configs" / "wan-teacher-shapes.yaml"
     wan = tmp_path / "parts"
     build_wan_pipeline(seed=7).save_pretrained(wan)  # its vae/ and text_encoder/ (+ tokenizer/)
@@ -103,13 +105,13 @@ def test_a_one_stage_run_on_wan_parts_exports_a_genuine_wanpipeline(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "pipeline" / "model_index.json").read_text())["_class_name"] == "WanPipeline"
-    assert json.loads((out / "pipeline" / "generation.json").read_text())["num_frames"] == 17
+    generation = json.loads((out / "pipeline" / "generation.json").read_text())
+    assert (generation["num_frames"], generation["travel_frames"]) == (17, 8)  # the evaluator's motion scale
+    assert PyramidFlowPipeline.from_pretrained(out / "pipeline").config.travel_frames == 8
     pipe = WanPipeline.from_pretrained(out / "pipeline")
     video = pipe("a red circle", num_frames=17, height=64, width=64, num_inference_steps=2,
                  max_sequence_length=32, output_type="pt").frames
     assert video.shape == (1, 17, 3, 64, 64) and torch.isfinite(video).all()
-    from pyramidflow.pipelines import PyramidFlowPipeline
-
     ours = PyramidFlowPipeline.from_pretrained(out / "checkpoint-2")  # the trained (EMA) PyramidDiT
     g = torch.Generator().manual_seed(0)
     x, text = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 8, 32, generator=g)

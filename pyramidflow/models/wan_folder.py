@@ -36,7 +36,8 @@ COMPONENTS = {
     "tokenizer": None,  # any tokenizer class: it is read with AutoTokenizer
     "scheduler": ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler"),
 }
-GENERATION_KEYS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale")
+GENERATION_KEYS = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale",
+                   "travel_frames")  # the last: shapes models only (the motion scale the evaluator reads)
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
 
 

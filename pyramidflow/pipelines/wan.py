@@ -102,6 +102,8 @@ class PyramidalWanPipeline(PyramidFlowPipeline):
         generation = {"height": cfg.height, "width": cfg.width, "num_frames": cfg.frames,
                       "num_inference_steps": int(cfg.sampling.steps[0]),
                       "guidance_scale": cfg.sampling.guidance}
+        if cfg.travel_frames is not None:
+            generation["travel_frames"] = cfg.travel_frames
         write_json(path / "generation.json", generation)
         return path
 

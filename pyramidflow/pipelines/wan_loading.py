@@ -49,8 +49,10 @@ def wan_config(folder: WanFolder, pyramid: PyramidConfig | dict | None = None) -
     steps = (int(gen["num_inference_steps"]),) if pyr.num_stages == 1 else PYRAMID_STEPS.get(
         pyr.num_stages, (10,) * pyr.num_stages)
     sampling = SamplingConfig(steps=steps, guidance=float(gen["guidance_scale"]))
+    travel = gen.get("travel_frames")
     return PipelineConfig(space="latent", pyramid=pyr, frames=int(gen["num_frames"]),
-                          height=int(gen["height"]), width=int(gen["width"]), fps=WAN_FPS, sampling=sampling)
+                          height=int(gen["height"]), width=int(gen["width"]), fps=WAN_FPS, sampling=sampling,
+                          travel_frames=None if travel is None else int(travel))
 
 
 def load_wan_parts(path: Path, pyramid=None, torch_dtype: torch.dtype | None = None):
