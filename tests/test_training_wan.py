@@ -119,3 +119,48 @@ def test_a_one_stage_run_on_wan_parts_exports_a_genuine_wanpipeline(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours.transformer(x, t, text).sample,
                                    pipe.transformer(x, t, text, return_dict=False)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_one_lora_adapter_per_stage_trains_saves_and_samples(tmp_path):
+    # model.lora_per_stage: stage k's calls go through adapter stage{k}; the export keeps the base
+    # transformer and lora/stage{k}/ in diffusers' format (one adapter each, loadable by WanPipeline).
+    from diffusers import WanPipeline
+
+    from pyramidflow.models.lora import stage_adapters
+    from pyramidflow.models.velocity import call_model
+    from pyramidflow.pipelines import PyramidFlowPipeline
+
+    wan = tmp_path / "wan"
+    build_wan_pipeline(seed=8).save_pretrained(wan)
+    out = tmp_path / "run"
+    sets = [a for item in [f"wan={wan}", *TOY, "model.lora_rank=4", "model.lora_per_stage=true",
+                           "optim.lr=5e-2", "loop.batch_size=6"] for a in ("--set", item)]
+    args = [sys.executable, "-m", "pyramidflow", "train", "--config", str(PRESET), "--quiet", *sets,
+            "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*args, "--max-steps", "2"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = PyramidalWanPipeline.from_pretrained(out / "pipeline")
+    assert stage_adapters(ours.transformer) == 3
+    assert sorted(p.name for p in (out / "pipeline" / "lora").iterdir()) == ["stage0", "stage1", "stage2"]
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 4, 2, 4, 4, generator=g), torch.randn(1, 8, 32, generator=g)
+    sigma = torch.tensor([0.5])
+    with torch.no_grad():
+        per_stage = [call_model(ours.transformer, x, sigma, text, stage=k) for k in range(3)]
+    assert not torch.allclose(per_stage[0], per_stage[1]) and not torch.allclose(per_stage[1], per_stage[2])
+    for k in (0, 2):  # each stage's folder alone is an ordinary diffusers LoRA of that stage
+        pipe = WanPipeline.from_pretrained(wan)
+        pipe.load_lora_weights(out / "pipeline" / "lora" / f"stage{k}")
+        with torch.no_grad():
+            torch.testing.assert_close(pipe.transformer(x, torch.tensor([500.0]), text, return_dict=False)[0],
+                                       per_stage[k], rtol=1e-4, atol=1e-5)
+    ckpt = PyramidFlowPipeline.from_pretrained(out / "checkpoint-2")  # base + three adapters rebuilt
+    with torch.no_grad():
+        torch.testing.assert_close(call_model(ckpt.transformer, x, sigma, text, stage=1), per_stage[1],
+                                   rtol=1e-4, atol=1e-5)
+    clip = ours("a red circle moving right", num_inference_steps=(1, 1, 1), seed=0, output_type="pt",
+                progress=False).frames
+    assert clip.shape == (1, 17, 3, 64, 64) and torch.isfinite(clip).all()
+    ours.save_pretrained(tmp_path / "again")  # a loaded pipeline saves its adapters again
+    assert stage_adapters(PyramidalWanPipeline.from_pretrained(tmp_path / "again").transformer) == 3

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyramidflow.models.lora import activate_stage, stage_adapters
 from pyramidflow.models.segments import HistoryCache, TextCache, TokenSegment
 
 TIMESTEP_SCALE = 1000.0  # timestep = TIMESTEP_SCALE * sigma
@@ -33,11 +34,14 @@ def timestep_of(sigma: Tensor | float) -> Tensor | float:
 
 
 def call_model(model, x: Tensor, sigma: Tensor, text: Tensor, text_cache: TextCache | None = None,
-               patch_level: int | None = None) -> Tensor:
+               patch_level: int | None = None, stage: int | None = None) -> Tensor:
     """Velocity of ``model`` (called like diffusers' ``WanTransformer3DModel``) at ``x`` (B, C, T, H, W),
     natural level ``sigma`` (B,) and text embeddings ``text`` (B, L, D); ``text_cache``: their
     keys/values (:meth:`PyramidDiT.build_text_cache`), and ``patch_level``: the patch level of a
-    :class:`pyramidflow.models.ppf.PPFDiT` (docs/maths.md section 9), each passed on only when given."""
+    :class:`pyramidflow.models.ppf.PPFDiT` (docs/maths.md section 9), each passed on only when given;
+    ``stage``: the pyramid stage of the call, which selects a model's per-stage LoRA adapter."""
+    if stage is not None:
+        activate_stage(model, stage)
     extra = {} if text_cache is None else {"text_cache": text_cache}
     if patch_level is not None:
         extra["patch_level"] = patch_level
@@ -56,7 +60,9 @@ class LazyTextCache:
 
     def __init__(self, model, text: Tensor, enabled: bool = True) -> None:
         self.model, self.text = model, text
-        self.enabled = enabled and callable(getattr(model, "build_text_cache", None))
+        # per-stage LoRA adapters change the text's keys/values from stage to stage: no shared cache
+        self.enabled = (enabled and callable(getattr(model, "build_text_cache", None))
+                        and not stage_adapters(model))
         self._cache: TextCache | None = None
 
     def get(self, batch: int) -> TextCache | None:
@@ -110,6 +116,7 @@ class UnitVelocity:
                                    self.model.config.patch_size[0])
 
     def __call__(self, x: Tensor, sigma: Tensor, stage: int, history: Sequence, unit: int) -> Tensor:
+        activate_stage(self.model, stage)
         hist, current = self.segments(x, sigma, stage, history, unit)
         text_cache = self.text_cache.get(x.shape[0])
         if not hist:

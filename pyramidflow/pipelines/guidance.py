@@ -65,9 +65,9 @@ def guided_velocity(
     def velocity(x: Tensor, sigma: Tensor, stage: int) -> Tensor:
         level = int(stage) if patchify else None
         if not needs_uncond:
-            return call_model(model, x, sigma, text, cache.get(x.shape[0]), level).to(x.dtype)
+            return call_model(model, x, sigma, text, cache.get(x.shape[0]), level, stage).to(x.dtype)
         out = call_model(model, torch.cat([x, x], 0), torch.cat([sigma, sigma], 0), both,
-                         cache.get(2 * x.shape[0]), level)
+                         cache.get(2 * x.shape[0]), level, stage)
         v_u, v_c = out.to(x.dtype).chunk(2, 0)
         w = frame_scales(x.shape[2], first, guidance, transform, x.device).to(x.dtype)
         return v_u + w * (v_c - v_u)

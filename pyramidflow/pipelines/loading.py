@@ -36,6 +36,7 @@ from pyramidflow.errors import DamagedFileError, PyramidflowError
 from pyramidflow.io.checkpoint import load_newest, read_meta, verify_checkpoint
 from pyramidflow.io.checksums import read_json, verify_checksums, write_checksums, write_json
 from pyramidflow.models import load_text_encoder, load_transformer
+from pyramidflow.models.lora import attach_stage_adapters, split_stage_adapters
 from pyramidflow.models.vae import PixelSpace, load_vae
 from pyramidflow.pipelines.config import PipelineConfig
 from pyramidflow.pipelines.wan_loading import WAN_CLASSES, load_wan_parts
@@ -112,7 +113,8 @@ def _from_checkpoint(ckpt: Path, use_ema: bool):
         raise FileNotFoundError(f"incomplete checkpoint {ckpt}: no text_encoder/ weights and the config "
                                 "names no text_encoder.path")
     verify_checkpoint(ckpt, only=tuple(f"{f.name}/" for f in (folder, text_folder) if f is not None))
-    transformer = _read(folder, lambda: _transformer_of(folder, train.get("model", {})))
+    transformer = _read(folder, lambda: _transformer_of(folder, train.get("model", {}),
+                                                        config.pyramid.num_stages))
     if text_folder is not None:
         text_encoder = _read(text_folder, lambda: load_text_encoder(text_folder))
     else:
@@ -122,9 +124,9 @@ def _from_checkpoint(ckpt: Path, use_ema: bool):
     return transformer, text_encoder, vae, config
 
 
-def _transformer_of(folder: Path, model_cfg: dict):
+def _transformer_of(folder: Path, model_cfg: dict, num_stages: int = 1):
     """A checkpoint's transformer; a LoRA run saved the adapted model (base + adapter weights), rebuilt
-    here from its base (``model.pretrained``) and the adapter before its weights are read."""
+    here from its base (``model.pretrained``) and the adapter(s) before its weights are read."""
     if not model_cfg.get("lora_rank"):
         return load_transformer(folder, torch_dtype=torch.float32)
     from pyramidflow.io.checkpoint import load_model_weights
@@ -132,7 +134,8 @@ def _transformer_of(folder: Path, model_cfg: dict):
 
     model = load_transformer(model_cfg["pretrained"], torch_dtype=torch.float32)
     add_lora(model, model_cfg["lora_rank"], model_cfg.get("lora_alpha"),
-             model_cfg.get("lora_targets") or ATTENTION_TARGETS)
+             model_cfg.get("lora_targets") or ATTENTION_TARGETS,
+             stages=num_stages if model_cfg.get("lora_per_stage") else 0)
     load_model_weights(model, folder)
     return model
 
@@ -142,7 +145,9 @@ def load_pipeline_parts(path: Path, use_ema: bool = True):
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if (path / INDEX).is_file():
-        return _from_index(path)
+        parts = _from_index(path)
+        attach_stage_adapters(parts[0], path / "lora")
+        return parts
     if (path / "meta.json").is_file():
         return _from_checkpoint(path, use_ema)
     found = load_newest(path, lambda ckpt: _from_checkpoint(ckpt, use_ema)) if path.is_dir() else None
@@ -198,6 +203,8 @@ def save_pipeline(pipe, path: Path, weights_dtype: torch.dtype | None = None) ->
     index: dict = {"_class_name": "PyramidFlowPipeline", "_pyramidflow_version": __version__}
     for name in COMPONENTS:
         module = getattr(pipe, name)
+        if name == "transformer":  # per-stage LoRA adapters: base weights + lora/stage{k}/
+            module = split_stage_adapters(module, path / "lora")
         skip = module is None or isinstance(module, PixelSpace)  # pixel space has nothing to save
         index[name] = None if skip else _save_component(module, path / name, weights_dtype)
     index["config"] = to_dict(pipe.config)

@@ -31,6 +31,7 @@ from pyramidflow import __version__
 from pyramidflow.config import to_dict
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.io.checksums import write_checksums, write_json
+from pyramidflow.models.lora import attach_stage_adapters, split_stage_adapters
 from pyramidflow.pipelines.pyramid_flow import PyramidFlowOutput, PyramidFlowPipeline
 from pyramidflow.pipelines.wan_loading import SAVED_CLASS, load_wan_parts
 from pyramidflow.pyramid.config import PyramidConfig
@@ -47,7 +48,9 @@ class PyramidalWanPipeline(PyramidFlowPipeline):
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no Wan pipeline folder at {path}")
-        pipe = cls(*load_wan_parts(path, pyramid, torch_dtype))
+        parts = load_wan_parts(path, pyramid, torch_dtype)
+        attach_stage_adapters(parts[0], Path(path) / "lora")
+        pipe = cls(*parts)
         return pipe.to(device or "cpu")  # parts are loaded in their dtypes (the VAE stays float32)
 
     def save_pretrained(self, path: str | Path, weights_dtype: torch.dtype | None = None) -> Path:
@@ -58,7 +61,7 @@ class PyramidalWanPipeline(PyramidFlowPipeline):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
-            self.transformer.save_pretrained(path / "transformer")
+            split_stage_adapters(self.transformer, path / "lora").save_pretrained(path / "transformer")
             self.vae.vae.save_pretrained(path / "vae")
             self.text_encoder.model.save_pretrained(path / "text_encoder")
         self.text_encoder.tokenizer.save_pretrained(path / "tokenizer")

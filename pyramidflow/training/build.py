@@ -63,7 +63,7 @@ def build_text_encoder(cfg: TextEncoderConfig, dataset) -> torch.nn.Module:
         num_heads=cfg.num_heads, max_length=cfg.max_length)
 
 
-def build_model(cfg: ModelConfig, channels: int, text_dim: int) -> PyramidDiT:
+def build_model(cfg: ModelConfig, channels: int, text_dim: int, num_stages: int = 1) -> PyramidDiT:
     """The transformer: new, or ``cfg.pretrained`` (a saved PyramidDiT / PPFDiT or diffusers Wan); with
     ``cfg.ppf_patch_sizes`` a PPFDiT, converted from a one-patch pretrained one (docs/maths.md section 9)."""
     sizes = None if cfg.ppf_patch_sizes is None else [list(p) for p in cfg.ppf_patch_sizes]
@@ -89,7 +89,8 @@ def build_model(cfg: ModelConfig, channels: int, text_dim: int) -> PyramidDiT:
     if cfg.lora_rank > 0:
         if not cfg.pretrained:
             raise PyramidflowError("model.lora_rank needs model.pretrained (a LoRA adapts trained weights)")
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets,
+                 stages=num_stages if cfg.lora_per_stage else 0)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
@@ -148,7 +149,7 @@ def build_components(cfg: TrainConfig, seed: int | None = None) -> Components:
         else:
             autoencoder.check_frames(cfg.data.frames)
             autoencoder.check_size(cfg.data.height, cfg.data.width)
-    model = build_model(cfg.model, autoencoder.latent_channels, text_dim)
+    model = build_model(cfg.model, autoencoder.latent_channels, text_dim, cfg.pyramid.num_stages)
     check_stage_levels(model, cfg.pyramid)
     return Components(model, text_encoder, dataset, autoencoder, encoded)
 

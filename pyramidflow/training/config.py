@@ -69,6 +69,7 @@ class ModelConfig:
     lora_rank: int = 0  # > 0: freeze the transformer and train one LoRA adapter of this rank
     lora_alpha: float | None = None  # adapter scale alpha / rank (default alpha = rank)
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS  # module name suffixes (models/lora.py)
+    lora_per_stage: bool = False  # one adapter per pyramid stage instead of one shared by the stages
     # pyramidal patchification (PPFDiT, docs/maths.md section 9): one patch size per stage, coarse to
     # fine, the last patch_size; with pretrained, a one-patch transformer is converted (from_transformer)
     ppf_patch_sizes: tuple[tuple[int, int, int], ...] | None = None
@@ -145,6 +146,9 @@ class TrainConfig:
         if self.model.ppf_patch_sizes is not None and self.model.lora_rank > 0:
             raise PyramidflowError("model.ppf_patch_sizes adds patch levels that must be trained in full: "
                                    "it cannot be combined with model.lora_rank")
+        if self.model.lora_per_stage and (self.model.lora_rank < 1 or self.temporal.autoregressive):
+            raise PyramidflowError("model.lora_per_stage needs model.lora_rank >= 1 and full-sequence clips "
+                                   "(temporal.mode: full_sequence): one model call per stage")
         if len(self.sampling.steps) != self.pyramid.num_stages:
             raise PyramidflowError(f"sampling.steps {list(self.sampling.steps)} needs one entry per stage "
                                    f"({self.pyramid.num_stages})")

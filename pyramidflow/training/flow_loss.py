@@ -96,7 +96,7 @@ def pyramid_flow_loss(
     for s, (idx, x_t, sigma, target) in ts.by_stage().items():
         idx = idx.to(dev)
         pred = call_model(model, x_t.to(dev, x0.dtype), sigma.to(dev), text[idx],
-                          patch_level=s if patchify else None)
+                          patch_level=s if patchify else None, stage=s)
         err = (pred.float() - target.to(dev).float()).pow(2).flatten(1).mean(1)  # (b,)
         total = total + err.sum()
         per_example = per_example.index_copy(0, idx, err.detach())

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from pyramidflow.errors import PyramidflowError
+from pyramidflow.models.lora import stage_adapters
 from pyramidflow.models.segments import TokenSegment
 from pyramidflow.models.velocity import unit_token_segments
 from pyramidflow.pyramid import HaarTransform, PyramidSchedule, TemporalConfig, training_sample
@@ -139,6 +140,9 @@ def packed_flow_loss(
     of an example is the mean squared error over its current segment; ``loss`` is the batch mean.
     """
     temporal.check()
+    if stage_adapters(model):
+        raise PyramidflowError("per-stage LoRA adapters need one model call per stage: train them with "
+                               "full-sequence clips of one shape (not autoregressive, packed or sharded)")
     if len(x0) != len(generators) or len(x0) != text.shape[0]:
         raise PyramidflowError(f"{len(x0)} examples, {len(generators)} generators and "
                                f"{text.shape[0]} texts must match")

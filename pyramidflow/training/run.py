@@ -23,7 +23,7 @@ from pyramidflow.eval import score_clips
 from pyramidflow.io import write_clips
 from pyramidflow.io.run_dir import claim_run_dir
 from pyramidflow.models import PretrainedTextEncoder
-from pyramidflow.models.lora import fused_copy, has_lora, save_lora
+from pyramidflow.models.lora import fused_copy, has_lora, save_lora, stage_adapters
 from pyramidflow.models.vae import model_to_frames
 from pyramidflow.models.vae.wan import WanVAE
 from pyramidflow.pipelines import PipelineConfig, PyramidalWanPipeline, PyramidFlowPipeline
@@ -123,7 +123,7 @@ def train_from_config(cfg: TrainConfig, resume: str | None = None, validate: boo
         out = Path(cfg.output_dir) / "pipeline"
         with trainer.sampling_modules(gather=False) as modules:  # as of the final checkpoint
             adapted = modules["transformer"]
-            if has_lora(adapted):  # the pipeline gets the merged weights, lora/ the adapter alone
+            if has_lora(adapted) and not stage_adapters(adapted):  # merged weights + lora/ the adapter
                 save_lora(adapted, out / "lora")  # first: the pipeline's checksums cover it
                 modules = {**modules, "transformer": fused_copy(adapted)}
             pipe = pipeline_of(modules, cfg, parts)

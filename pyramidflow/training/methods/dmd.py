@@ -86,7 +86,7 @@ class Student:
 def velocity_at(model, x: Tensor, sigma: Tensor, text: Tensor, stage: int) -> Tensor:
     """``model``'s velocity at a stage: a patchification model (PPF) runs stage i at patch level i."""
     level = stage if patch_sizes_of(model) is not None else None
-    return call_model(model, x, sigma, text, patch_level=level).float()
+    return call_model(model, x, sigma, text, patch_level=level, stage=stage).float()
 
 
 def batch_generator(batch: MicroBatch) -> torch.Generator:
