@@ -1,0 +1,68 @@
+"""How fast a VAE architecture can fit a handful of shapes clips: Adam on one fixed batch.
+
+A diagnostic for the toy Wan teacher's VAE: can the architecture reconstruct the shapes at all, and
+after how many steps? Compares diffusers' ``AutoencoderKLWan`` (the teacher's VAE; trained through
+its unclamped decoder) with this project's causal VAE (residual blocks, or plain blocks). Prints
+the loss and the PSNR of the batch every ``--every`` steps.
+
+    python bench/bench_vae_overfit.py --kind wan --steps 150 [--lr 1e-3] [--loss l1|mse] [--clips 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pyramidflow.data.shapes import ShapesDataset
+from pyramidflow.models.vae import CausalVideoVAE, frames_to_model
+from pyramidflow.models.vae.wan import WanVAE
+from pyramidflow.training.vae.losses import psnr
+
+
+def build(kind: str):
+    if kind == "wan":
+        from diffusers import AutoencoderKLWan
+
+        vae = WanVAE(AutoencoderKLWan(base_dim=16, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1,
+                                      temperal_downsample=[True, True], latents_mean=[0.0] * 8,
+                                      latents_std=[1.0] * 8))
+        return vae, vae.decode_unclamped
+    block = "plain" if kind == "plain" else "res"
+    vae = CausalVideoVAE(latent_channels=8, block_out_channels=(16, 32, 32), spatial_down=(True, True, False),
+                         temporal_down=(True, True, False), layers_per_block=1, decoder_layers_per_block=1,
+                         norm_groups=8, block_type=block)
+    return vae, vae.decode_raw
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kind", choices=("wan", "res", "plain"), default="wan")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=("l1", "mse"), default="l1")
+    p.add_argument("--clips", type=int, default=4)
+    p.add_argument("--every", type=int, default=25)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    data = ShapesDataset(32, 17, length=args.clips, bounce=True, travel_frames=8)
+    x = frames_to_model(torch.stack([data[i]["video"] for i in range(args.clips)]))
+    vae, decode = build(args.kind)
+    opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
+    start = time.perf_counter()
+    for step in range(args.steps + 1):
+        recon = decode(vae.encode_moments(x)[0])
+        err = recon - x
+        loss = err.abs().mean() if args.loss == "l1" else err.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % args.every == 0:
+            db = psnr((recon.detach().clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean()
+            print(f"step {step:5d}  loss {loss.item():.4f}  psnr {db:.2f} dB  {time.perf_counter() - start:.0f} s",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
