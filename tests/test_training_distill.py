@@ -150,3 +150,31 @@ def test_a_patchification_student_distils_through_identity_transitions(teacher, 
     assert out.config.sampling.steps == (1, 1) and out.config.sampling.step_rule == "x0_renoise"
     frames = out("a red circle moving left", seed=1, output_type="pt", progress=False).frames
     assert frames.shape == (1, 4, 3, 32, 32) and torch.isfinite(frames).all()
+
+
+def test_a_single_stage_wan_teacher_distils_into_a_few_step_wan_pipeline(tmp_path):
+    # The paper's 0-0-4 row at toy size: a genuine diffusers WanPipeline folder as teacher and
+    # student start; the student is exported in the pyramidal Wan layout with its few-step defaults.
+    import json
+
+    from wan_folder import save_wan_pipeline
+
+    from pyramidflow.pipelines import PyramidalWanPipeline
+
+    wan = save_wan_pipeline(tmp_path / "wan", seed=3)
+    (wan / "generation.json").write_text(json.dumps({"height": 32, "width": 32, "num_frames": 9,
+                                                     "num_inference_steps": 4, "guidance_scale": 3.0}))
+    cfg = DistillConfig.from_dict({
+        "output_dir": str(tmp_path / "run"), "teacher": str(wan), "steps": [2], "validation_prompts": 0,
+        "data": {"source": "shapes", "frames": 9, "height": 32, "width": 32, "num_clips": 8},
+        "dmd": {"ratio": 1, "real_guidance": 3.0, "renoise": "full"},
+        "loop": {"batch_size": 1, "max_steps": 2, "checkpoint_every": 2, "progress": False}})
+    stats = distill_from_config(cfg)
+    assert "loss_dmd" in stats and "loss_regression" in stats
+    index = json.loads((tmp_path / "run" / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == "PyramidalWanPipeline"
+    pipe = PyramidalWanPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    s = pipe.config.sampling
+    assert (pipe.config.pyramid.num_stages, s.steps, s.guidance, s.step_rule) == (1, (2,), 1.0, "x0_renoise")
+    frames = pipe("a red circle moving right", seed=0, output_type="pt", progress=False).frames
+    assert frames.shape == (1, 9, 3, 32, 32) and torch.isfinite(frames).all()
