@@ -65,3 +65,20 @@ def test_per_stage_adapters_round_trip_and_do_not_fuse(tmp_path):
                                    tiny()(x, sigma * 1000, text).sample, rtol=0, atol=0)
     with pytest.raises(PyramidflowError, match="cannot be merged"):
         fused_copy(model)
+
+
+def test_a_frozen_model_stays_frozen_and_wrappers_are_seen_through():
+    model = add_lora(tiny(), 2, stages=2)
+    model.requires_grad_(False)  # e.g. a teacher
+    activate_stage(model, 1)
+    assert list(model.active_adapters()) == ["stage1"]
+    assert not any(p.requires_grad for p in model.parameters())
+
+    class Wrapper:  # like the --parallel cfg batch splitter: calls go to .model
+        def __init__(self, inner):
+            self.model = inner
+
+    wrapped = Wrapper(model)
+    assert stage_adapters(wrapped) == 2
+    activate_stage(wrapped, 0)
+    assert list(model.active_adapters()) == ["stage0"]

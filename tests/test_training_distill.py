@@ -178,3 +178,19 @@ def test_a_single_stage_wan_teacher_distils_into_a_few_step_wan_pipeline(tmp_pat
     assert (pipe.config.pyramid.num_stages, s.steps, s.guidance, s.step_rule) == (1, (2,), 1.0, "x0_renoise")
     frames = pipe("a red circle moving right", seed=0, output_type="pt", progress=False).frames
     assert frames.shape == (1, 9, 3, 32, 32) and torch.isfinite(frames).all()
+
+
+def test_a_teacher_whose_stages_are_not_the_students_is_refused(teacher, tmp_path):
+    from pyramidflow.models.lora import add_lora
+    from pyramidflow.models.ppf import PPFDiT
+    from pyramidflow.pyramid.config import PyramidConfig
+    from pyramidflow.training.distill import check_stage_routing
+
+    pipe = PyramidFlowPipeline.from_pretrained(teacher)
+    ppf = PPFDiT.from_transformer(pipe.transformer, [(1, 8, 8), (1, 4, 4)])
+    with pytest.raises(PyramidflowError, match="patchification model with 2 patch levels"):
+        check_stage_routing(ppf, PyramidConfig(num_stages=3), "teacher")
+    check_stage_routing(ppf, PyramidConfig(num_stages=2, patchify=True), "teacher")
+    adapted = add_lora(pipe.transformer, 2, stages=2)
+    with pytest.raises(PyramidflowError, match="2 per-stage LoRA adapters, the student's pyramid 3 stages"):
+        check_stage_routing(adapted, PyramidConfig(num_stages=3), "teacher")

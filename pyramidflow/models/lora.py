@@ -71,29 +71,38 @@ def has_lora(model: nn.Module) -> bool:
     return bool(getattr(model, "peft_config", None))
 
 
+def _inner(model):
+    """The model behind a call wrapper (e.g. the ``--parallel cfg`` batch splitter's ``.model``)."""
+    while not hasattr(model, "peft_config") and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model
+    return model
+
+
 def stage_adapters(model: nn.Module) -> int:
-    """How many per-stage adapters ``model`` has (0: none, or one shared adapter)."""
-    names = set(getattr(model, "peft_config", None) or ())
+    """How many per-stage adapters ``model`` (or the model a call wrapper holds) has (0: none, or one
+    shared adapter)."""
+    names = set(getattr(_inner(model), "peft_config", None) or ())
     count = sum(1 for n in names if n.startswith("stage") and n[5:].isdigit())
     return count if count and names == set(stage_names(count)) else 0
 
 
 def activate_stage(model: nn.Module, stage: int) -> None:
     """Route the next calls of ``model`` through adapter ``stage{stage}`` (no-op without per-stage
-    adapters). peft's ``set_adapter`` also freezes the inactive adapters; their trainability is kept
-    here, so one backward pass through calls at several stages trains every adapter it used."""
+    adapters). peft's ``set_adapter`` also toggles which adapters train; every adapter's trainability
+    is kept as it was here, so one backward pass through calls at several stages trains every adapter
+    it used, and a frozen teacher's adapters stay frozen."""
     count = stage_adapters(model)
     if not count:
         return
     if not 0 <= stage < count:
         raise PyramidflowError(f"stage {stage} has no adapter: this model has {count} per-stage adapters")
-    name = f"stage{stage}"
+    model, name = _inner(model), f"stage{stage}"
     if list(model.active_adapters()) == [name]:
         return
-    trainable = [p for p in _lora_parameters(model) if p.requires_grad]
+    flags = [(p, p.requires_grad) for p in _lora_parameters(model)]
     model.set_adapter(name)
-    for p in trainable:
-        p.requires_grad_(True)
+    for p, flag in flags:  # exactly as before: a frozen model's adapters stay frozen
+        p.requires_grad_(flag)
 
 
 def _lora_parameters(model: nn.Module) -> list[nn.Parameter]:

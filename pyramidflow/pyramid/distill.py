@@ -72,7 +72,8 @@ def rollout_to(
     shape = tuple(int(s) for s in shape)
     coarse = transform.shape_at(shape, schedule.num_stages - 1)
     device = generator.device if generator is not None else "cpu"
-    x = torch.randn(coarse, generator=generator, device=device, dtype=dtype) if noise is None else noise
+    x = (torch.randn(coarse, generator=generator, device=device, dtype=dtype) if noise is None
+         else noise.to(device=device, dtype=dtype))
     if tuple(x.shape) != coarse:
         raise PyramidflowError(f"noise must have the coarsest stage's shape {coarse}, got {tuple(x.shape)}")
     sigma_dtype = torch.float64 if dtype == torch.float64 else torch.float32

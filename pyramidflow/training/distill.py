@@ -24,6 +24,8 @@ from pyramidflow.config import check_seed, from_dict, to_dict
 from pyramidflow.data.sources import clip_dataset
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.io.run_dir import claim_run_dir
+from pyramidflow.models.lora import stage_adapters
+from pyramidflow.models.ppf import patch_sizes_of
 from pyramidflow.pipelines import PyramidalWanPipeline, PyramidFlowPipeline
 from pyramidflow.pipelines.loading import load_pipeline_parts
 from pyramidflow.training.config import DataConfig, LoopConfig, OptimConfig
@@ -96,12 +98,26 @@ def check_pair(student: tuple, teacher: tuple) -> None:
                                    "channels) "
                                    f"differs from the teacher's ({type(t_vae).__name__}, "
                                    f"{t_vae.latent_channels} channels) or has other latent statistics")
+    check_stage_routing(t_model, s_cfg.pyramid, "teacher")
     with torch.no_grad():
         a, b = s_text.encode(_PROBE)[0], t_text.encode(_PROBE)[0]
     if a.shape != b.shape or not torch.allclose(a.float(), b.float(), atol=1e-5):
         raise PyramidflowError(f"the student's text encoder ({type(s_text).__name__}, {tuple(a.shape)}) "
                                f"encodes prompts differently from the teacher's ({type(t_text).__name__}, "
                                f"{tuple(b.shape)}): distil with the teacher's text encoder")
+
+
+def check_stage_routing(model, pyramid, role: str) -> None:
+    """A teacher with per-stage adapters or patch levels is called with the *student's* stage index:
+    its stages must be the student's (same count, patchification or not)."""
+    adapters, levels = stage_adapters(model), patch_sizes_of(model)
+    if adapters and adapters != pyramid.num_stages:
+        raise PyramidflowError(f"the {role} has {adapters} per-stage LoRA adapters, the student's pyramid "
+                               f"{pyramid.num_stages} stages: they must match")
+    if levels is not None and (not pyramid.patchify or len(levels) != pyramid.num_stages):
+        raise PyramidflowError(f"the {role} is a patchification model with {len(levels)} patch levels; the "
+                               f"student's pyramid must patchify with as many stages (it has "
+                               f"{pyramid.num_stages}, patchify {pyramid.patchify})")
 
 
 def _plain(value):

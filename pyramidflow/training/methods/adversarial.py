@@ -30,7 +30,13 @@ from pyramidflow.models.vae import PixelSpace, frames_to_model
 from pyramidflow.pyramid.distill import predict_x0, renoise_at, student_positions
 from pyramidflow.training.config import OptimConfig
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
-from pyramidflow.training.methods.dmd import Student, batch_generator, draw_levels, velocity_at
+from pyramidflow.training.methods.dmd import (
+    Student,
+    batch_generator,
+    draw_levels,
+    renoise_window,
+    velocity_at,
+)
 from pyramidflow.training.packed_loss import split_batch
 from pyramidflow.training.vae.losses import hinge_d_loss, hinge_g_loss
 
@@ -170,7 +176,8 @@ class AdversarialDistillation(TrainingMethod):
         noise = torch.randn(real.shape, generator=gen).to(self.device)
         sigma = torch.full((n,), pos.sigma, device=self.device)
         x = renoise_at(real, sigma, noise)
-        s = draw_levels(n, self.spec.schedule.windows[pos.stage], gen).float().to(self.device)
+        s = draw_levels(n, renoise_window(self.spec.schedule.windows[pos.stage], "stage"), gen)
+        s = s.float().to(self.device)
         eps = torch.randn(real.shape, generator=gen).to(self.device)
         if phase == "discriminator":
             with torch.no_grad():

@@ -95,6 +95,16 @@ def batch_generator(batch: MicroBatch) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def renoise_window(window: tuple[float, float], mode: str) -> tuple[float, float]:
+    """Where re-noising levels are drawn: the stage's window (``stage``) or all of [0.02, 0.98]
+    (``full``); a stage's window is cut to [0.02, 0.98] too (at s -> 0 the DMD direction is the
+    ratio of two vanishing differences, at s -> 1 both scores see pure noise)."""
+    if mode == "full":
+        return FULL_RANGE
+    low, high = max(min(window), FULL_RANGE[0]), min(max(window), FULL_RANGE[1])
+    return (low, high) if low < high else (min(window), max(window))
+
+
 def draw_levels(count: int, window: tuple[float, float], generator: torch.Generator) -> Tensor:
     """(count,) levels uniform in ``window`` (given either way round)."""
     low, high = min(window), max(window)
@@ -171,8 +181,8 @@ class DMDDistillation(TrainingMethod):
         return x.to(self.device), pos
 
     def _levels(self, count: int, stage: int, gen: torch.Generator) -> Tensor:
-        window = self.spec.schedule.windows[stage] if self.config.renoise == "stage" else FULL_RANGE
-        return draw_levels(count, window, gen).float().to(self.device)
+        return draw_levels(count, renoise_window(self.spec.schedule.windows[stage], self.config.renoise),
+                           gen).float().to(self.device)
 
     def _noise(self, like: Tensor, gen: torch.Generator) -> Tensor:
         return torch.randn(like.shape, generator=gen, dtype=torch.float32).to(self.device)
