@@ -194,3 +194,24 @@ def test_a_teacher_whose_stages_are_not_the_students_is_refused(teacher, tmp_pat
     adapted = add_lora(pipe.transformer, 2, stages=2)
     with pytest.raises(PyramidflowError, match="2 per-stage LoRA adapters, the student's pyramid 3 stages"):
         check_stage_routing(adapted, PyramidConfig(num_stages=3), "teacher")
+
+
+def test_an_original_teacher_judges_coarse_stages_at_full_resolution(teacher, tmp_path):
+    # evaluate_at: full lifts stage k's x0 by nearest upsampling (the gradient flows through it)
+    # and draws levels in the stage's global window.
+    cfg = config(teacher, tmp_path / "ot", steps=2)
+    cfg.dmd.evaluate_at = "full"
+    method = build_method(cfg, load_pair(cfg))
+    sched = method.spec.schedule
+    x0 = torch.randn(1, 3, 4, 8, 8, requires_grad=True)  # stage 0 of a 32x32 pixel clip
+    judged, at, window = method._judged(x0, 0)
+    assert judged.shape == (1, 3, 4, 32, 32) and at == 2
+    assert window == pytest.approx((1.0, sched.to_global(sched.windows[0][1], 0)))
+    judged.sum().backward()
+    torch.testing.assert_close(x0.grad, torch.full_like(x0, 16.0))  # each coarse entry feeds 4x4
+    stats = distill_from_config(cfg)
+    assert all(v == v for v in stats.values() if isinstance(v, float))  # finite, no NaN
+    bad = config(teacher, tmp_path / "bad")
+    bad.dmd.evaluate_at = "global"
+    with pytest.raises(PyramidflowError, match="unknown dmd.evaluate_at 'global'; valid: stage, full"):
+        build_method(bad, load_pair(bad))

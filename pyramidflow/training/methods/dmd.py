@@ -18,7 +18,10 @@ the few-step rule (9.1) inside a stage, the jump (5.1) between stages;
   ``x0`` at the exit state.
 
 Levels ``s`` are natural and drawn uniformly in the exit stage's window (``renoise: stage``, the
-levels a pyramidal teacher was trained at) or in [0.02, 0.98] (``renoise: full``). Randomness comes
+levels a pyramidal teacher was trained at) or in [0.02, 0.98] (``renoise: full``). With
+``evaluate_at: full`` (an original single-stage teacher, "OT") a coarse stage's ``x0`` is lifted
+to full resolution first (nearest upsampling, which the gradient passes through) and judged there
+at levels of the stage's *global* window. Randomness comes
 from the micro-batch's per-example generators, so a resumed run repeats the same draws.
 """
 
@@ -49,6 +52,7 @@ from pyramidflow.training.config import OptimConfig
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
 
 RENOISE = ("stage", "full")
+EVALUATE_AT = ("stage", "full")
 FULL_RANGE = (0.02, 0.98)
 
 
@@ -61,12 +65,16 @@ class DMDConfig:
     regression: float = 0.01  # weight of the teacher-regression term
     real_guidance: float = 1.0  # guidance scale of the teacher (real score); 1 = none
     renoise: str = "stage"  # stage | full: where the re-noising level of the DMD and critic terms lies
+    evaluate_at: str = "stage"  # stage | full: the resolution the teacher and critic judge x0 at
 
     def check(self, num_stages: int) -> None:
         if self.ratio < 1:
             raise PyramidflowError(f"dmd.ratio must be >= 1, got {self.ratio}")
         if self.renoise not in RENOISE:
             raise PyramidflowError(f"unknown dmd.renoise {self.renoise!r}; valid: {', '.join(RENOISE)}")
+        if self.evaluate_at not in EVALUATE_AT:
+            raise PyramidflowError(f"unknown dmd.evaluate_at {self.evaluate_at!r}; valid: "
+                                   f"{', '.join(EVALUATE_AT)}")
         if self.w_dmd is not None and len(self.w_dmd) != num_stages:
             raise PyramidflowError(f"dmd.w_dmd {list(self.w_dmd)} needs one weight per student stage "
                                    f"({num_stages})")
@@ -180,9 +188,20 @@ class DMDDistillation(TrainingMethod):
                             exit_step, gen, transition=self.spec.transition)
         return x.to(self.device), pos
 
-    def _levels(self, count: int, stage: int, gen: torch.Generator) -> Tensor:
-        return draw_levels(count, renoise_window(self.spec.schedule.windows[stage], self.config.renoise),
-                           gen).float().to(self.device)
+    def _judged(self, x0: Tensor, stage: int) -> tuple[Tensor, int, tuple[float, float]]:
+        """Where the teacher and the critic judge a stage's ``x0``: (x0 there, the stage index they
+        are called with, the window of levels there). ``evaluate_at: full`` lifts a coarse stage's
+        ``x0`` to full resolution (``up``, nearest upsampling, differentiable) and uses the stage's
+        *global* window: an original single-stage teacher sees what it was trained on."""
+        sched = self.spec.schedule
+        last, window = sched.num_stages - 1, sched.windows[stage]
+        if self.config.evaluate_at == "full" and stage < last:
+            lifted = self.spec.transform.up(x0, last - stage)
+            return lifted, last, (sched.to_global(window[0], stage), sched.to_global(window[1], stage))
+        return x0, stage, window
+
+    def _levels(self, count: int, window: tuple[float, float], gen: torch.Generator) -> Tensor:
+        return draw_levels(count, renoise_window(window, self.config.renoise), gen).float().to(self.device)
 
     def _noise(self, like: Tensor, gen: torch.Generator) -> Tensor:
         return torch.randn(like.shape, generator=gen, dtype=torch.float32).to(self.device)
@@ -201,23 +220,25 @@ class DMDDistillation(TrainingMethod):
         if phase == "critic":
             with torch.no_grad():
                 x0 = predict_x0(x, velocity_at(self.student, x, sigma_exit, text, pos.stage), sigma_exit)
-            s, eps = self._levels(n, pos.stage, gen), self._noise(x0, gen)
-            v = velocity_at(self.critic, renoise_at(x0, s, eps), s, text, pos.stage)
+                x0, at, window = self._judged(x0, pos.stage)
+            s, eps = self._levels(n, window, gen), self._noise(x0, gen)
+            v = velocity_at(self.critic, renoise_at(x0, s, eps), s, text, at)
             per = (v.float() - (eps - x0)).pow(2).flatten(1).mean(1)
             return PhaseLoss(per.sum(), {"loss_critic": mean_log(per.mean(), n),
                                          f"critic_stage{pos.stage}": mean_log(per.mean(), n)})
         if phase != "student":
             raise PyramidflowError(f"unknown phase {phase!r}")
         x0 = predict_x0(x, velocity_at(self.student, x, sigma_exit, text, pos.stage), sigma_exit)
-        s, eps = self._levels(n, pos.stage, gen), self._noise(x0, gen)
+        judged, at, window = self._judged(x0, pos.stage)  # autograd flows through the lift
+        s, eps = self._levels(n, window, gen), self._noise(judged, gen)
         real = self._real(text)
         with torch.no_grad():
-            xs = renoise_at(x0.detach(), s, eps)
-            x0_real = predict_x0(xs, real(xs, s, pos.stage), s)
-            x0_fake = predict_x0(xs, velocity_at(self.critic, xs, s, text, pos.stage), s)
-            g = dmd_direction(x0.detach(), x0_real, x0_fake)
+            xs = renoise_at(judged.detach(), s, eps)
+            x0_real = predict_x0(xs, real(xs, s, at), s)
+            x0_fake = predict_x0(xs, velocity_at(self.critic, xs, s, text, at), s)
+            g = dmd_direction(judged.detach(), x0_real, x0_fake)
         weight = 1.0 if self.config.w_dmd is None else float(self.config.w_dmd[pos.stage])
-        per_dmd = weight * dmd_loss(x0, g)
+        per_dmd = weight * dmd_loss(judged, g)
         per = per_dmd
         logs = {"loss_dmd": mean_log(per_dmd.mean(), n), f"dmd_stage{pos.stage}": mean_log(per_dmd.mean(), n)}
         if self.config.regression > 0:
