@@ -98,6 +98,19 @@ def run_overrides(args, max_steps_key: str) -> list[str]:
     return overrides
 
 
+def run_from_config(args, config_cls, command: str, run: Callable[..., dict]) -> int:
+    """``train`` / ``distill``: the preset with --set, --out, --max-steps and --quiet applied, then
+    ``run(cfg, resume=, validate=, overwrite=)`` through :func:`run_training`."""
+    from pyramidflow.config import load_config
+
+    overrides = run_overrides(args, "loop.max_steps")
+    if args.quiet:
+        overrides.append("loop.progress=false")
+    cfg = load_config(config_cls, args.config, overrides)
+    return run_training(command, lambda: run(cfg, resume=args.resume, validate=not args.no_validate,
+                                             overwrite=args.overwrite))
+
+
 def run_training(command: str, train: Callable[[], dict]) -> int:
     """Run ``train()`` for a training command: a ``done:`` line and 0; one line and 1 when the loss
     diverged; one line and 128 + the signal's number (130 SIGINT, 143 SIGTERM) when interrupted."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyramidflow.commands._parse import add_run_arguments, run_overrides, run_training
+from pyramidflow.commands._parse import add_run_arguments, run_from_config
 
 
 def register(subparsers) -> None:
@@ -25,12 +25,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidflow.config import load_config
     from pyramidflow.training.distill import DistillConfig, distill_from_config
 
-    overrides = run_overrides(args, "loop.max_steps")
-    if args.quiet:
-        overrides.append("loop.progress=false")
-    cfg = load_config(DistillConfig, args.config, overrides)
-    return run_training("distill", lambda: distill_from_config(
-        cfg, resume=args.resume, validate=not args.no_validate, overwrite=args.overwrite))
+    return run_from_config(args, DistillConfig, "distill", distill_from_config)

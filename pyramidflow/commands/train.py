@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyramidflow.commands._parse import add_run_arguments, run_overrides, run_training
+from pyramidflow.commands._parse import add_run_arguments, run_from_config
 
 
 def register(subparsers) -> None:
@@ -24,13 +24,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidflow.config import load_config
     from pyramidflow.training.config import TrainConfig
     from pyramidflow.training.run import train_from_config
 
-    overrides = run_overrides(args, "loop.max_steps")
-    if args.quiet:
-        overrides.append("loop.progress=false")
-    cfg = load_config(TrainConfig, args.config, overrides)
-    return run_training("train", lambda: train_from_config(
-        cfg, resume=args.resume, validate=not args.no_validate, overwrite=args.overwrite))
+    return run_from_config(args, TrainConfig, "train", train_from_config)

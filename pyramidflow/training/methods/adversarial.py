@@ -29,7 +29,7 @@ from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.vae import PixelSpace, frames_to_model
 from pyramidflow.pyramid.distill import predict_x0, renoise_at, student_positions
 from pyramidflow.training.config import OptimConfig
-from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
+from pyramidflow.training.methods.base import MicroBatch, PhaseLoss, mean_log
 from pyramidflow.training.methods.dmd import (
     Student,
     batch_generator,
@@ -37,6 +37,7 @@ from pyramidflow.training.methods.dmd import (
     renoise_window,
     velocity_at,
 )
+from pyramidflow.training.methods.student import StudentMethod
 from pyramidflow.training.packed_loss import split_batch
 from pyramidflow.training.vae.losses import hinge_d_loss, hinge_g_loss
 
@@ -101,53 +102,29 @@ def _hidden(out) -> Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-class AdversarialDistillation(TrainingMethod):
+class AdversarialDistillation(StudentMethod):
     """See the module docstring."""
+
+    opponent_role = "discriminator"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, text_encoder, spec: Student,
                  config: AdversarialConfig | None = None, *, autoencoder=None, encoded: bool = False,
                  student_optim: OptimConfig | None = None, disc_optim: OptimConfig | None = None,
                  validator=None, finisher=None, extra: dict | None = None) -> None:
         self.config = config or AdversarialConfig()
-        if self.config.ratio < 1:
-            raise PyramidflowError(f"adversarial.ratio must be >= 1, got {self.config.ratio}")
         self.spec, self.positions = spec, student_positions(spec.schedule, spec.steps)
-        self.student, self.teacher, self.text_encoder = student, teacher, text_encoder
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.features = TeacherFeatures(teacher, tuple(self.config.feature_layers))
         dim = int(teacher.config.num_attention_heads * teacher.config.attention_head_dim)
-        self.discriminator = FeatureHeads(dim, spec.schedule.num_stages, len(self.config.feature_layers),
-                                          self.config.hidden)
-        self.autoencoder = autoencoder if autoencoder is not None else PixelSpace()
+        layers = len(self.config.feature_layers)
+        heads = FeatureHeads(dim, spec.schedule.num_stages, layers, self.config.hidden)
+        self.setup(student, teacher, text_encoder, heads, self.config.ratio, student_optim, disc_optim,
+                   validator, finisher, extra, autoencoder if autoencoder is not None else PixelSpace())
         self.encoded = encoded  # items hold latents already (a latent cache)
-        self.student_optim, self.disc_optim = student_optim or OptimConfig(), disc_optim or OptimConfig()
-        self.validator, self.finisher, self.extra = validator, finisher, dict(extra or {})
         self.device = torch.device("cpu")
 
-    def bind(self, trainer) -> None:
-        self.device = trainer.accelerator.device
-
-    # ------------------------------------------------------------------ roles
-    def modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student, "discriminator": self.discriminator}
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        roles = {"teacher": self.teacher}
-        for name, m in (("text_encoder", self.text_encoder), ("autoencoder", self.autoencoder)):
-            if isinstance(m, nn.Module):
-                roles[name] = m
-        return roles
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"discriminator": OptimizerSpec(("discriminator",), self.disc_optim),
-                "student": OptimizerSpec(("student",), self.student_optim)}
-
-    def ema_roles(self) -> tuple[str, ...]:
-        return ("student",)
-
-    def phases(self, step: int) -> list[str]:
-        return ["discriminator", "student"] if step % self.config.ratio == 0 else ["discriminator"]
+    @property
+    def discriminator(self) -> nn.Module:
+        return self.opponent
 
     # ------------------------------------------------------------------- loss
     @torch.no_grad()
@@ -194,13 +171,3 @@ class AdversarialDistillation(TrainingMethod):
         return PhaseLoss(loss * n, {"loss_adversarial": mean_log(adv, n),
                                     "loss_reconstruction": mean_log(recon, n),
                                     f"student_stage{pos.stage}": mean_log(loss, n)})
-
-    # ------------------------------------------------------------- run hooks
-    def validate(self, trainer, step: int, modules: dict[str, nn.Module]) -> dict[str, float] | None:
-        return self.validator(trainer, step, modules) if self.validator is not None else None
-
-    def finish(self, trainer) -> dict:
-        return self.finisher(trainer) if self.finisher is not None else {}
-
-    def checkpoint_extra(self) -> dict:
-        return self.extra

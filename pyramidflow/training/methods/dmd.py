@@ -49,7 +49,8 @@ from pyramidflow.pyramid.schedule import PyramidSchedule
 from pyramidflow.pyramid.steps import Transition, haar_jump
 from pyramidflow.pyramid.transforms import HaarTransform
 from pyramidflow.training.config import OptimConfig
-from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
+from pyramidflow.training.methods.base import MicroBatch, PhaseLoss, mean_log
+from pyramidflow.training.methods.student import StudentMethod
 
 RENOISE = ("stage", "full")
 EVALUATE_AT = ("stage", "full")
@@ -119,9 +120,11 @@ def draw_levels(count: int, window: tuple[float, float], generator: torch.Genera
     return low + (high - low) * torch.rand(count, generator=generator, dtype=torch.float64)
 
 
-class DMDDistillation(TrainingMethod):
+class DMDDistillation(StudentMethod):
     """See the module docstring. ``teacher`` and ``critic_init`` are Wan-call-compatible velocity
     models (``critic_init`` defaults to the teacher; it is copied)."""
+
+    opponent_role = "critic"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, text_encoder, spec: Student,
                  config: DMDConfig | None = None, *, student_optim: OptimConfig | None = None,
@@ -131,39 +134,16 @@ class DMDDistillation(TrainingMethod):
         self.spec = spec
         self.positions = student_positions(spec.schedule, spec.steps)
         self.config.check(spec.schedule.num_stages)
-        self.student, self.teacher, self.text_encoder = student, teacher, text_encoder
-        self.critic = copy.deepcopy(critic_init if critic_init is not None else teacher)
-        for p in self.critic.parameters():
-            p.requires_grad_(True)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.student_optim, self.critic_optim = student_optim or OptimConfig(), critic_optim or OptimConfig()
-        self.validator, self.finisher, self.extra = validator, finisher, dict(extra or {})
+        critic = copy.deepcopy(critic_init if critic_init is not None else teacher)
+        critic.requires_grad_(True)
+        self.setup(student, teacher, text_encoder, critic, self.config.ratio, student_optim, critic_optim,
+                   validator, finisher, extra)
         self.device = torch.device("cpu")
         self._null: Tensor | None = None
 
-    def bind(self, trainer) -> None:
-        self.device = trainer.accelerator.device
-
-    # ------------------------------------------------------------------ roles
-    def modules(self) -> dict[str, nn.Module]:
-        return {"student": self.student, "critic": self.critic}
-
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        roles = {"teacher": self.teacher}
-        if isinstance(self.text_encoder, nn.Module):
-            roles["text_encoder"] = self.text_encoder
-        return roles
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"critic": OptimizerSpec(("critic",), self.critic_optim),
-                "student": OptimizerSpec(("student",), self.student_optim)}
-
-    def ema_roles(self) -> tuple[str, ...]:
-        return ("student",)
-
-    def phases(self, step: int) -> list[str]:
-        return ["critic", "student"] if step % self.config.ratio == 0 else ["critic"]
+    @property
+    def critic(self) -> nn.Module:
+        return self.opponent
 
     # --------------------------------------------------------------- helpers
     def _text(self, batch: MicroBatch) -> Tensor:
@@ -248,13 +228,3 @@ class DMDDistillation(TrainingMethod):
             per = per + per_reg
             logs["loss_regression"] = mean_log(per_reg.mean(), n)
         return PhaseLoss(per.sum(), logs)
-
-    # ------------------------------------------------------------- run hooks
-    def validate(self, trainer, step: int, modules: dict[str, nn.Module]) -> dict[str, float] | None:
-        return self.validator(trainer, step, modules) if self.validator is not None else None
-
-    def finish(self, trainer) -> dict:
-        return self.finisher(trainer) if self.finisher is not None else {}
-
-    def checkpoint_extra(self) -> dict:
-        return self.extra

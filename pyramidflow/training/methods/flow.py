@@ -34,6 +34,7 @@ from pyramidflow.pyramid import PyramidConfig, TemporalConfig
 from pyramidflow.training.config import OptimConfig
 from pyramidflow.training.flow_loss import LossOutput, pyramid_flow_loss
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod
+from pyramidflow.training.methods.student import RunHooks
 from pyramidflow.training.packed_loss import packed_flow_loss, split_batch
 
 
@@ -44,7 +45,7 @@ def _text_fn(text_encoder) -> Callable[[list[str]], Tensor]:
     return text_encoder
 
 
-class FlowMatching(TrainingMethod):
+class FlowMatching(RunHooks, TrainingMethod):
     """The unified pyramidal flow-matching objective; see the module docstring.
 
     Args:
@@ -142,16 +143,6 @@ class FlowMatching(TrainingMethod):
                                     batch.generators, clean_pyramid=stacked, patchify=self.pyramid.patchify,
                                     **path)
         return PhaseLoss(out.total, _stage_logs(out))
-
-    # ------------------------------------------------------------- run hooks
-    def validate(self, trainer, step: int, modules: dict[str, nn.Module]) -> dict[str, float] | None:
-        return self.validator(trainer, step, modules) if self.validator is not None else None
-
-    def finish(self, trainer) -> dict:
-        return self.finisher(trainer) if self.finisher is not None else {}
-
-    def checkpoint_extra(self) -> dict:
-        return self.extra
 
 
 def _stage_logs(out: LossOutput) -> dict[str, tuple[float, int]]:
