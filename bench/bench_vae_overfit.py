@@ -6,6 +6,7 @@ its unclamped decoder) with this project's causal VAE (residual blocks, or plain
 the loss and the PSNR of the batch every ``--every`` steps.
 
     python bench/bench_vae_overfit.py --kind wan --steps 150 [--lr 1e-3] [--loss l1|mse] [--clips 4]
+        [--object-scale 0.34]
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ def main() -> None:
     p.add_argument("--loss", choices=("l1", "mse"), default="l1")
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--every", type=int, default=25)
+    p.add_argument("--object-scale", type=float, default=0.34, help="shape size over the frame side")
     args = p.parse_args()
     torch.manual_seed(0)
-    data = ShapesDataset(32, 17, length=args.clips, bounce=True, travel_frames=8)
+    data = ShapesDataset(32, 17, length=args.clips, bounce=True, travel_frames=8, object_scale=args.object_scale)
     x = frames_to_model(torch.stack([data[i]["video"] for i in range(args.clips)]))
     vae, decode = build(args.kind)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)

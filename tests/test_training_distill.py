@@ -117,11 +117,15 @@ def test_mismatched_pairs_are_one_line(teacher, tmp_path):
 
 def test_the_command_runs_a_preset(teacher, tmp_path, capsys):
     code = main(["distill", "--config", "configs/distill-dmd-pt.yaml", "--out", str(tmp_path / "cli"),
-                 "--max-steps", "1", "--no-validate", "--quiet", "--set", f"teacher={teacher}",
+                 "--max-steps", "1", "--quiet", "--set", f"teacher={teacher}", "--set", "validation_prompts=2",
                  "--set", "steps=[1,1,1]", "--set", "data.frames=4", "--set", "data.height=32",
-                 "--set", "data.width=32", "--set", "loop.batch_size=1"])
+                 "--set", "data.width=32", "--set", "data.travel_frames=null", "--set", "loop.batch_size=1"])
     assert code == 0 and "done:" in capsys.readouterr().out
     assert (tmp_path / "cli" / "pipeline" / "model_index.json").is_file()
+    import json  # validation: the student's few-step samples judged by the evaluator
+
+    metrics = json.loads((tmp_path / "cli" / "samples" / "step-0000001" / "metrics.json").read_text())
+    assert 0.0 <= metrics["color"] <= 1.0 and "frechet" in metrics
 
 
 def test_a_patchification_student_distils_through_identity_transitions(teacher, tmp_path):
