@@ -117,7 +117,8 @@ def test_mismatched_pairs_are_one_line(teacher, tmp_path):
 
 def test_the_command_runs_a_preset(teacher, tmp_path, capsys):
     code = main(["distill", "--config", "configs/distill-dmd-pt.yaml", "--out", str(tmp_path / "cli"),
-                 "--max-steps", "1", "--quiet", "--set", f"teacher={teacher}", "--set", "validation_prompts=2",
+                 "--max-steps", "1", "--quiet", "--set", f"teacher={teacher}",
+                 "--set", "validation_prompts=2",
                  "--set", "steps=[1,1,1]", "--set", "data.frames=4", "--set", "data.height=32",
                  "--set", "data.width=32", "--set", "data.travel_frames=null", "--set", "loop.batch_size=1"])
     assert code == 0 and "done:" in capsys.readouterr().out
