@@ -46,6 +46,7 @@ class DistillConfig:
     student: str | None = None  # where the student starts (default: the teacher)
     steps: tuple[int, ...] = (2, 2, 1)  # the student's steps per stage
     num_threads: int = 0
+    gradient_checkpointing: bool = False  # student and critic recompute block activations (large models)
     validation_prompts: int = 16
     data: DataConfig = field(default_factory=DataConfig)  # prompts (and, adversarial, real clips)
     dmd: DMDConfig = field(default_factory=DMDConfig)
@@ -164,8 +165,19 @@ def build_method(cfg: DistillConfig, pair: Pair, validator=None, finisher=None):
                   extra={"config": to_dict(cfg)})
     teacher = pair.teacher[0].float()
     if cfg.method == "dmd":
-        return DMDDistillation(s_model.float(), teacher, s_text, spec, cfg.dmd, critic_optim=cfg.critic_optim,
-                               **common)
+        method = DMDDistillation(s_model.float(), teacher, s_text, spec, cfg.dmd, critic_optim=cfg.critic_optim,
+                                 **common)
+    else:
+        method = _adversarial(cfg, pair, s_model, teacher, s_text, spec, common)
+    if cfg.gradient_checkpointing:
+        for role in method.modules().values():
+            if hasattr(role, "enable_gradient_checkpointing"):
+                role.enable_gradient_checkpointing()
+    return method
+
+
+def _adversarial(cfg, pair, s_model, teacher, s_text, spec, common):
+    s_vae, s_cfg = pair.student[2], pair.student[3]
     return AdversarialDistillation(s_model.float(), teacher, s_text, spec, cfg.adversarial,
                                    autoencoder=s_vae if s_cfg.space == "latent" else None,
                                    encoded=cfg.data.source == "latents",
