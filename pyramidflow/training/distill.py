@@ -165,8 +165,8 @@ def build_method(cfg: DistillConfig, pair: Pair, validator=None, finisher=None):
                   extra={"config": to_dict(cfg)})
     teacher = pair.teacher[0].float()
     if cfg.method == "dmd":
-        method = DMDDistillation(s_model.float(), teacher, s_text, spec, cfg.dmd, critic_optim=cfg.critic_optim,
-                                 **common)
+        method = DMDDistillation(s_model.float(), teacher, s_text, spec, cfg.dmd,
+                                 critic_optim=cfg.critic_optim, **common)
     else:
         method = _adversarial(cfg, pair, s_model, teacher, s_text, spec, common)
     if cfg.gradient_checkpointing:
