@@ -23,12 +23,12 @@ from pyramidflow.training.vae.losses import psnr
 
 
 def build(kind: str):
-    if kind == "wan":
+    if kind in ("wan", "wan-residual"):
         from diffusers import AutoencoderKLWan
 
         vae = WanVAE(AutoencoderKLWan(base_dim=16, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1,
                                       temperal_downsample=[True, True], latents_mean=[0.0] * 8,
-                                      latents_std=[1.0] * 8))
+                                      latents_std=[1.0] * 8, is_residual=kind == "wan-residual"))
         return vae, vae.decode_unclamped
     block = "plain" if kind == "plain" else "res"
     vae = CausalVideoVAE(latent_channels=8, block_out_channels=(16, 32, 32), spatial_down=(True, True, False),
@@ -39,7 +39,8 @@ def build(kind: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kind", choices=("wan", "res", "plain"), default="wan")
+    p.add_argument("--kind", choices=("wan", "wan-residual", "res", "plain"), default="wan",
+                   help="wan-residual: AutoencoderKLWan with is_residual (shortcuts around re-sampling)")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss", choices=("l1", "mse"), default="l1")
