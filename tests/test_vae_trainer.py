@@ -222,3 +222,21 @@ def test_a_diffusers_wan_vae_trains_resumes_and_saves_as_autoencoderklwan(tmp_pa
         bad.model.temporal_down = (True,)
         vae_trainer.train_vae(bad, data, data, show_progress=False)
     assert (a.config.scale_factor_temporal, a.config.scale_factor_spatial) == (2, 4)  # what WanPipeline reads
+
+
+def test_a_residual_wan_vae_is_a_genuine_autoencoderklwan_with_shortcuts(tmp_path):
+    # model.residual: diffusers' is_residual (shortcuts around the re-sampling), what the toy
+    # teacher's preset uses; saved and reloaded as AutoencoderKLWan, same compression.
+    from diffusers import AutoencoderKLWan
+
+    from pyramidflow.models.vae import load_vae
+    from pyramidflow.training.methods.vae import build_vae
+
+    vae = build_vae(VAEModelConfig(kind="wan", base_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
+                                   latent_channels=4, temporal_down=(True, True), residual=True))
+    vae.save_pretrained(tmp_path / "vae")
+    assert AutoencoderKLWan.from_pretrained(tmp_path / "vae").config.is_residual
+    back = load_vae(tmp_path / "vae")
+    with torch.no_grad():
+        z = back.encode(torch.rand(1, 3, 9, 16, 16) * 2 - 1)
+        assert z.shape == (1, 4, 3, 4, 4) and back.decode(z).shape == (1, 3, 9, 16, 16)

@@ -176,7 +176,7 @@ def build_vae(model: VAEModelConfig) -> nn.Module:
     c = model.latent_channels
     vae = AutoencoderKLWan(base_dim=model.base_dim, z_dim=c, dim_mult=list(model.dim_mult),
                            num_res_blocks=model.num_res_blocks, temperal_downsample=list(model.temporal_down),
-                           latents_mean=[0.0] * c, latents_std=[1.0] * c,
+                           latents_mean=[0.0] * c, latents_std=[1.0] * c, is_residual=model.residual,
                            # WanPipeline sizes its latents from these two: they must match the layers
                            scale_factor_temporal=2 ** sum(bool(t) for t in model.temporal_down),
                            scale_factor_spatial=2 ** (len(model.dim_mult) - 1))

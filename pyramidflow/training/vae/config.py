@@ -16,6 +16,7 @@ class VAEModelConfig:
     base_dim: int = 16  # wan: channels of the first level
     dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # wan: channel multiplier per level
     num_res_blocks: int = 1  # wan: residual blocks per level
+    residual: bool = False  # wan: is_residual (shortcuts around re-sampling; learns the shapes far sooner)
     latent_channels: int = 8
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     spatial_down: tuple[bool, ...] = (True, True, False)
