@@ -39,6 +39,16 @@ class TokenGroup:
         return math.sqrt(self.children)
 
 
+def _check_shape5(shape, levels: int) -> tuple[int, ...]:
+    """``shape`` as ints; one-line errors unless it is (B, C, T, H, W) and ``levels`` >= 0."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 5:
+        raise PyramidflowError(f"expected a (B, C, T, H, W) shape, got {len(shape)} dims: {shape}")
+    if levels < 0:
+        raise PyramidflowError(f"levels must be >= 0, got {levels}")
+    return shape
+
+
 def _haar_matrix(temporal_factor: int, dtype: torch.dtype, device: torch.device | None) -> Tensor:
     """Orthonormal Haar basis for one block, rows = basis vectors, row 0 = constant (low band).
 
@@ -80,11 +90,7 @@ class HaarTransform:
     # ------------------------------------------------------------------ shapes
     def check_shape(self, shape, levels: int = 1) -> None:
         """Raise a clear error unless a (B, C, T, H, W) ``shape`` can be lowered ``levels`` times."""
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 5:
-            raise PyramidflowError(f"expected a (B, C, T, H, W) shape, got {len(shape)} dims: {shape}")
-        if levels < 0:
-            raise PyramidflowError(f"levels must be >= 0, got {levels}")
+        shape = _check_shape5(shape, levels)
         _, _, t, h, w = shape
         f = 2**levels
         for name, size in (("height", h), ("width", w)):
@@ -283,11 +289,7 @@ class IdentityTransform:
 
     def check_shape(self, shape, levels: int = 1) -> None:
         """Raise a clear error unless ``shape`` is (B, C, T, H, W) (every size keeps at every level)."""
-        shape = tuple(int(s) for s in shape)
-        if len(shape) != 5:
-            raise PyramidflowError(f"expected a (B, C, T, H, W) shape, got {len(shape)} dims: {shape}")
-        if levels < 0:
-            raise PyramidflowError(f"levels must be >= 0, got {levels}")
+        shape = _check_shape5(shape, levels)
 
     def shape_at(self, shape, levels: int) -> Shape5:
         self.check_shape(shape, levels)
