@@ -6,7 +6,7 @@ the table gives the evaluator's accuracies, the share of intact clips (one whole
 frame, size stable, on one bouncing path: docs/evaluation.md) and the sampling time.
 
     python bench/bench_long_clips.py --checkpoint checkpoints/shapes-long [--frames 16 32]
-        [--count 64] [--seed 0] [--out outputs/long-clips] [--travel-frames 3]
+        [--count 64] [--seed 0] [--out outputs/long-clips] [--travel-frames 3] [--max-history 3]
 
 Writes the clips, contact sheets and a metrics.json per length under --out.
 """
@@ -48,13 +48,18 @@ def main() -> None:
     p.add_argument("--travel-frames", type=int, default=None,
                    help="the motion scale to judge by (default: the model's own; 3 for checkpoints/shapes-tiny, "
                         "whose 4-frame clips covered a speed in 3 frames)")
+    p.add_argument("--max-history", type=int, default=None,
+                   help="history units kept while sampling (default: the model's saved window)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint)
     cfg = pipe.config
     if args.travel_frames is not None:
         cfg.travel_frames = args.travel_frames
-    print(f"{args.checkpoint}: {args.count} held-out prompts, seed {args.seed}, travel_frames {cfg.travel_frames}")
+    if args.max_history is not None:
+        cfg.temporal.max_history = args.max_history
+    print(f"{args.checkpoint}: {args.count} held-out prompts, seed {args.seed}, travel_frames {cfg.travel_frames}, "
+          f"max_history {cfg.temporal.max_history}")
     print("| frames | " + " | ".join(KEYS) + " | Fréchet | s per clip |")
     print("|---" * (len(KEYS) + 3) + "|")
     for frames in args.frames:

@@ -6,7 +6,7 @@ its unclamped decoder) with this project's causal VAE (residual blocks, or plain
 the loss and the PSNR of the batch every ``--every`` steps.
 
     python bench/bench_vae_overfit.py --kind wan --steps 150 [--lr 1e-3] [--loss l1|mse] [--clips 4]
-        [--object-scale 0.34]
+        [--object-scale 0.34] [--image sheet.png]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--object-scale", type=float, default=0.34, help="shape size over the frame side")
+    p.add_argument("--image", default=None, help="write the batch (top) and its reconstruction here at the end")
     args = p.parse_args()
     torch.manual_seed(0)
     data = ShapesDataset(32, 17, length=args.clips, bounce=True, travel_frames=8, object_scale=args.object_scale)
@@ -63,8 +64,33 @@ def main() -> None:
         opt.step()
         if step % args.every == 0:
             db = psnr((recon.detach().clamp(-1, 1) + 1) / 2, (x + 1) / 2).mean()
-            print(f"step {step:5d}  loss {loss.item():.4f}  psnr {db:.2f} dB  {time.perf_counter() - start:.0f} s",
-                  flush=True)
+            print(f"step {step:5d}  loss {loss.item():.4f}  psnr {db:.2f} dB  chroma error "
+                  f"{chroma_error(recon.detach(), x):.3f}  {time.perf_counter() - start:.0f} s", flush=True)
+    if args.image:
+        write_sheet(args.image, x, recon.detach())
+
+
+def chroma_error(recon: torch.Tensor, x: torch.Tensor) -> float:
+    """Mean |error| of the colour away from grey ((r, g, b) minus its mean), on [-1, 1] pixels.
+
+    A reconstruction that keeps brightness but turns every object grey has a low L1 on the background
+    and a chroma error near the objects' own saturation.
+    """
+    def chroma(v: torch.Tensor) -> torch.Tensor:
+        return v - v.mean(dim=1, keepdim=True)
+
+    return (chroma(recon.clamp(-1, 1)) - chroma(x)).abs().mean().item()
+
+
+def write_sheet(path: str, x: torch.Tensor, recon: torch.Tensor) -> None:
+    """Frames 0, middle, last of each clip: the input in the top row, the reconstruction below."""
+    from PIL import Image
+
+    frames = (0, x.shape[2] // 2, x.shape[2] - 1)
+    pairs = zip(x, recon.clamp(-1, 1), strict=True)
+    rows = [torch.cat([v[:, f] for f in frames], dim=2) for clip in pairs for v in clip]
+    grid = ((torch.cat(rows, dim=1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
 
 
 if __name__ == "__main__":

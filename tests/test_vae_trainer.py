@@ -12,7 +12,7 @@ from pyramidflow.models.vae import load_vae
 from pyramidflow.training.methods import vae as vae_trainer
 from pyramidflow.training.trainer import TrainingDiverged
 from pyramidflow.training.vae.config import VAEModelConfig, VAETrainConfig
-from pyramidflow.training.vae.losses import kl_divergence, psnr, ssim
+from pyramidflow.training.vae.losses import kl_divergence, psnr, reconstruction_terms, ssim
 
 
 class Squares(torch.utils.data.Dataset):
@@ -69,6 +69,18 @@ def test_metrics_and_losses():
     assert kl_divergence(torch.zeros(4), torch.zeros(4)).item() == 0.0
     # KL(N(1, e) || N(0, 1)) = 0.5 * (1 + e - 1 - 1) per element
     torch.testing.assert_close(kl_divergence(torch.ones(3), torch.ones(3)), torch.tensor(0.5 * (torch.e - 1)))
+
+
+def test_chroma_term_sees_colour_not_grey_level():
+    """(18.4): zero for a grey offset; for a greyed reconstruction, the exact colour distance."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    offset = x + 0.3 * torch.rand(2, 1, 3, 8, 8, generator=g, dtype=torch.float64)  # same offset on r, g, b
+    assert reconstruction_terms(offset, x, 0, 0, 0, 2.0)["chroma"].item() == pytest.approx(0, abs=1e-15)
+    grey = x.mean(dim=1, keepdim=True).expand_as(x)
+    expected = 2.0 * (x - x.mean(dim=1, keepdim=True)).abs().mean()
+    torch.testing.assert_close(reconstruction_terms(grey, x, 0, 0, 0, 2.0)["chroma"], expected)
+    assert "chroma" not in reconstruction_terms(grey, x, 1.0, 0, 0)
 
 
 def test_short_run_resume_is_bit_identical(tmp_path):

@@ -2,7 +2,8 @@
 
 Objective of the ``vae`` phase (Pyramid Flow paper Sec. 4, VAE training):
 
-    L = l1 |x - x^| + mse (x - x^)^2 + ssim (1 - SSIM) + kl KL + perceptual P + disc_weight G_hinge
+    L = l1 |x - x^| + mse (x - x^)^2 + ssim (1 - SSIM) + chroma |c(x) - c(x^)| + kl KL + perceptual P
+        + disc_weight G_hinge      (c: colour minus grey level, docs/maths.md (18.4))
 
 with the adversarial term only from step ``disc_start`` on; the patch discriminator then takes its
 own hinge step (the ``discriminator`` phase, on the same micro-batch's reconstructions). The loop
@@ -126,7 +127,7 @@ class VAEMethod(TrainingMethod):
         lc = self.cfg.loss
         x = to_model_range([as_clip(it) for it in batch.items]).to(self.device)
         recon, mean, logvar = self.vae(x)
-        terms = reconstruction_terms(recon.float(), x, lc.l1, lc.mse, lc.ssim)
+        terms = reconstruction_terms(recon.float(), x, lc.l1, lc.mse, lc.ssim, lc.chroma)
         terms["kl"] = lc.kl * kl_divergence(mean.float(), logvar.float())
         if self.perceptual is not None:
             terms["perceptual"] = lc.perceptual_weight * self.perceptual(recon.float(), x)

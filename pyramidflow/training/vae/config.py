@@ -50,6 +50,7 @@ class VAELossConfig:
     l1: float = 1.0
     mse: float = 0.0
     ssim: float = 0.2  # weight of 1 - SSIM
+    chroma: float = 0.0  # weight of the L1 on colour minus grey level (colour only in small objects)
     kl: float = 1e-4  # weight of the per-element mean KL
     disc_weight: float = 0.0  # 0 disables the patch discriminator
     disc_start: int = 1000  # optimizer steps before the adversarial terms switch on

@@ -1,7 +1,8 @@
 """Losses and quality metrics for training the causal VAE.
 
 * Reconstruction: L1 and/or MSE on [-1, 1] pixels plus a structural term 1 - SSIM (Wang et al. 2004,
-  Gaussian window 11, sigma 1.5, computed per frame on [0, 1] images).
+  Gaussian window 11, sigma 1.5, computed per frame on [0, 1] images), and optionally an L1 on the
+  chroma (each pixel's colour minus its grey level; docs/maths.md (18.4)).
 * KL of the diagonal Gaussian posterior to N(0, I), averaged over latent elements:
   KL = 0.5 * mean(mu^2 + exp(logvar) - 1 - logvar).
 * Hinge GAN losses for the optional patch discriminator (Lim & Ye 2017).
@@ -59,11 +60,19 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
 
 
+def chroma(video: torch.Tensor) -> torch.Tensor:
+    """Each pixel's colour minus its grey level (the channel mean), (B, C, F, H, W) -> same shape."""
+    return video - video.mean(dim=1, keepdim=True)
+
+
 def reconstruction_terms(
-    recon: torch.Tensor, target: torch.Tensor, l1: float, mse: float, ssim_weight: float
+    recon: torch.Tensor, target: torch.Tensor, l1: float, mse: float, ssim_weight: float,
+    chroma_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Weighted-sum parts of the reconstruction loss on [-1, 1] videos; keys name each term."""
     terms: dict[str, torch.Tensor] = {}
+    if chroma_weight:
+        terms["chroma"] = chroma_weight * (chroma(recon) - chroma(target)).abs().mean()
     if l1:
         terms["l1"] = l1 * (recon - target).abs().mean()
     if mse:
