@@ -252,3 +252,38 @@ def test_a_residual_wan_vae_is_a_genuine_autoencoderklwan_with_shortcuts(tmp_pat
     with torch.no_grad():
         z = back.encode(torch.rand(1, 3, 9, 16, 16) * 2 - 1)
         assert z.shape == (1, 4, 3, 4, 4) and back.decode(z).shape == (1, 3, 9, 16, 16)
+
+
+def test_tinted_clips_blend_a_share_of_clips_with_one_random_colour():
+    from pyramidflow.training.vae.data import TintedClips
+
+    class Constant(torch.utils.data.Dataset):
+        def __init__(self, value):
+            self.value = value
+
+        def __len__(self):
+            return 400
+
+        def __getitem__(self, i):
+            return {"video": torch.full((2, 3, 4, 4), self.value)}
+
+    black, white = TintedClips(Constant(0.0), 0.5, seed=3), TintedClips(Constant(1.0), 0.5, seed=3)
+    tinted = 0
+    for i in range(len(black)):
+        a = white[i] - black[i]  # a x + (1 - a) c at x = 1 minus at x = 0: the blend weight a
+        assert torch.allclose(a, a.flatten()[0].expand_as(a))
+        if a.flatten()[0] < 1:
+            assert 0.4 <= a.flatten()[0] <= 0.9 + 1e-6
+            tinted += 1
+            c = black[i] / (1 - a)  # the colour, the same on every pixel and frame, in [0, 1]
+            assert torch.allclose(c, c[:1, :, :1, :1].expand_as(c), atol=1e-6)
+            assert 0 <= c.min() <= c.max() <= 1
+        else:
+            assert black[i].abs().max() == 0
+    # about half: binomial(400, 0.5) has standard deviation 10, so 200 +- 50 is a 5-sigma band
+    assert 150 <= tinted <= 250
+    torch.testing.assert_close(black[7], TintedClips(Constant(0.0), 0.5, seed=3)[7])
+    plain = TintedClips(Constant(0.3), 0.0)
+    assert all(torch.equal(plain[i], torch.full((2, 3, 4, 4), 0.3)) for i in range(5))
+    with pytest.raises(PyramidflowError, match="tint"):
+        TintedClips(Constant(0.0), 1.5)

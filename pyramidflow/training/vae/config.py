@@ -43,6 +43,7 @@ class VAEDataConfig:
     stride: int | None = None  # video sources: a clip every `stride` frames (None: one per file)
     val_path: str | None = None  # video sources: validate on this folder/manifest (else a held-out split)
     cache_in_memory: bool = False  # keep decoded clips (uint8) in RAM: for small video datasets
+    tint: float = 0.0  # share of training clips blended with a random colour (colour on every pixel)
 
 
 @dataclass

@@ -83,10 +83,45 @@ class InMemoryClips(torch.utils.data.Dataset):
         return self.store[i].float().div_(255)
 
 
+class TintedClips(torch.utils.data.Dataset):
+    """A share of the clips blended with a random colour: ``a x + (1 - a) c``, a ~ U(0.4, 0.9), c ~ U(0, 1)^3.
+
+    For data whose colour lives only in small objects on white, black or grey backgrounds (the
+    built-in shapes): a small Wan VAE learns brightness first and keeps objects grey for thousands of
+    steps (docs/BENCHMARKS.md, "The toy Wan teacher's VAE"); tinted clips carry colour on every pixel.
+    Draws depend only on ``seed`` and the index, so a resumed run sees the same clips.
+    """
+
+    def __init__(self, base, share: float, seed: int = 0) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise PyramidflowError(f"data.tint must be in [0, 1], got {share}")
+        self.base, self.share, self.seed = base, float(share), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        clip = as_clip(self.base[i])
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        if torch.rand((), generator=g).item() >= self.share:
+            return clip
+        a = 0.4 + 0.5 * torch.rand((), generator=g)
+        colour = torch.rand(3, generator=g).view(1, 3, 1, 1)
+        return a * clip + (1 - a) * colour
+
+
 def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(train, validation) datasets for a :class:`VAEDataConfig`; validation clips are held out:
     a separate ``val_path`` when given, else ``num_val`` clips drawn out of the training source
-    (for strided video clips these can overlap training clips of the same file)."""
+    (for strided video clips these can overlap training clips of the same file). ``tint`` applies to
+    the training clips only (:class:`TintedClips`)."""
+    train, val = _build_vae_datasets(cfg)
+    if cfg.tint:
+        train = TintedClips(train, cfg.tint, cfg.seed)
+    return train, val
+
+
+def _build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     if cfg.source == "shapes":
         video_only = {"fps": cfg.fps, "stride": cfg.stride, "val_path": cfg.val_path,
                       "cache_in_memory": cfg.cache_in_memory or None}
