@@ -287,3 +287,8 @@ def test_tinted_clips_blend_a_share_of_clips_with_one_random_colour():
     assert all(torch.equal(plain[i], torch.full((2, 3, 4, 4), 0.3)) for i in range(5))
     with pytest.raises(PyramidflowError, match="tint"):
         TintedClips(Constant(0.0), 1.5)
+    # the colour's weight 1 - a drawn in tint_weight: at [1, 1] every clip is a flat colour field
+    flat_black, flat_white = (TintedClips(Constant(v), 1.0, seed=1, weight=(1.0, 1.0)) for v in (0.0, 1.0))
+    assert all(torch.equal(flat_black[i], flat_white[i]) for i in range(5))
+    with pytest.raises(PyramidflowError, match="tint_weight"):
+        TintedClips(Constant(0.0), 0.5, weight=(0.7, 0.2))

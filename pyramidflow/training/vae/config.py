@@ -44,6 +44,7 @@ class VAEDataConfig:
     val_path: str | None = None  # video sources: validate on this folder/manifest (else a held-out split)
     cache_in_memory: bool = False  # keep decoded clips (uint8) in RAM: for small video datasets
     tint: float = 0.0  # share of training clips blended with a random colour (colour on every pixel)
+    tint_weight: tuple[float, float] = (0.1, 0.6)  # range of the colour's weight in a tinted clip
 
 
 @dataclass

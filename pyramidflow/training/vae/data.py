@@ -84,7 +84,8 @@ class InMemoryClips(torch.utils.data.Dataset):
 
 
 class TintedClips(torch.utils.data.Dataset):
-    """A share of the clips blended with a random colour: ``a x + (1 - a) c``, a ~ U(0.4, 0.9), c ~ U(0, 1)^3.
+    """A share of the clips blended with a random colour: ``a x + (1 - a) c``, c ~ U(0, 1)^3, and the
+    colour's weight ``1 - a`` ~ U(``weight``) (default 0.1 to 0.6; up to 1: flat colour fields).
 
     For data whose colour lives only in small objects on white, black or grey backgrounds (the
     built-in shapes): a small Wan VAE learns brightness first and keeps objects grey for thousands of
@@ -92,10 +93,13 @@ class TintedClips(torch.utils.data.Dataset):
     Draws depend only on ``seed`` and the index, so a resumed run sees the same clips.
     """
 
-    def __init__(self, base, share: float, seed: int = 0) -> None:
+    def __init__(self, base, share: float, seed: int = 0, weight: tuple[float, float] = (0.1, 0.6)) -> None:
         if not 0.0 <= share <= 1.0:
             raise PyramidflowError(f"data.tint must be in [0, 1], got {share}")
-        self.base, self.share, self.seed = base, float(share), int(seed)
+        low, high = (float(w) for w in weight)
+        if not 0.0 <= low <= high <= 1.0:
+            raise PyramidflowError(f"data.tint_weight must be 0 <= low <= high <= 1, got {weight}")
+        self.base, self.share, self.seed, self.weight = base, float(share), int(seed), (low, high)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -105,7 +109,8 @@ class TintedClips(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         if torch.rand((), generator=g).item() >= self.share:
             return clip
-        a = 0.4 + 0.5 * torch.rand((), generator=g)
+        low, high = self.weight
+        a = 1 - (low + (high - low) * torch.rand((), generator=g))
         colour = torch.rand(3, generator=g).view(1, 3, 1, 1)
         return a * clip + (1 - a) * colour
 
@@ -117,7 +122,7 @@ def build_vae_datasets(cfg) -> tuple[torch.utils.data.Dataset, torch.utils.data.
     the training clips only (:class:`TintedClips`)."""
     train, val = _build_vae_datasets(cfg)
     if cfg.tint:
-        train = TintedClips(train, cfg.tint, cfg.seed)
+        train = TintedClips(train, cfg.tint, cfg.seed, tuple(cfg.tint_weight))
     return train, val
 
 
