@@ -1,7 +1,8 @@
 """Where a Wan VAE loses colour: a linear probe of the chroma of flat-colour clips at every stage.
 
 Flat clips of random colours go through ``AutoencoderKLWan`` (encode, then decode the posterior
-mean). At each named module the mean feature vector of the last frame is recorded, and a least-squares
+mean). At each named module the mean feature vector of the last frame is recorded (at
+``encoder.conv_out``: posterior mean and log-variance channels together), and a least-squares
 probe fitted on 64 colours predicts the chroma (each colour minus its grey level) of 32 others. R^2
 near 1: the stage still carries colour linearly; near or below 0: it does not. Also prints the
 reconstructed colour of a few flat clips.
@@ -21,8 +22,8 @@ import torch
 
 from pyramidflow.models.vae import load_vae
 
-STAGES = ("encoder.conv_in", "encoder.down_blocks", "encoder.mid_block", "encoder.norm_out", "encoder.conv_out",
-          "decoder.conv_in", "decoder.mid_block", "decoder.up_blocks", "decoder.norm_out")
+STAGES = ("encoder.conv_in", "encoder.mid_block", "encoder.norm_out", "encoder.conv_out",
+          "decoder.conv_in", "decoder.mid_block", "decoder.norm_out")  # plus every down / up block
 
 
 def flat_clip(colour: torch.Tensor, frames: int, size: int) -> torch.Tensor:
@@ -40,8 +41,7 @@ def main() -> None:
     vae = load_vae(args.vae)
     modules = dict(vae.vae.named_modules())
     blocks = ("encoder.down_blocks.", "decoder.up_blocks.")
-    names = [n for n, m in modules.items() if not isinstance(m, torch.nn.ModuleList)
-             and (n in STAGES or (n.startswith(blocks) and n.count(".") == 2))]
+    names = [n for n in modules if n in STAGES or (n.startswith(blocks) and n.count(".") == 2)]
     feats: dict[str, torch.Tensor] = {}
     for name in names:
         modules[name].register_forward_hook(

@@ -19,7 +19,7 @@ import torch
 from pyramidflow.data.shapes import ShapesDataset
 from pyramidflow.models.vae import CausalVideoVAE, frames_to_model
 from pyramidflow.models.vae.wan import WanVAE
-from pyramidflow.training.vae.losses import psnr
+from pyramidflow.training.vae.losses import chroma, psnr
 
 
 def build(kind: str):
@@ -76,9 +76,6 @@ def chroma_error(recon: torch.Tensor, x: torch.Tensor) -> float:
     A reconstruction that keeps brightness but turns every object grey has a low L1 on the background
     and a chroma error near the objects' own saturation.
     """
-    def chroma(v: torch.Tensor) -> torch.Tensor:
-        return v - v.mean(dim=1, keepdim=True)
-
     return (chroma(recon.clamp(-1, 1)) - chroma(x)).abs().mean().item()
 
 
