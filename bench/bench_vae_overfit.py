@@ -6,7 +6,10 @@ its unclamped decoder) with this project's causal VAE (residual blocks, or plain
 the loss and the PSNR of the batch every ``--every`` steps.
 
     python bench/bench_vae_overfit.py --kind wan --steps 150 [--lr 1e-3] [--loss l1|mse] [--clips 4]
-        [--object-scale 0.34] [--image sheet.png]
+        [--object-scale 0.34] [--image sheet.png] [--chroma 5]
+
+``--flat``: instead, a fresh batch of 8 flat random-colour clips (5x16x16) every step, and the chroma
+error measured on 16 held-out colours: can the architecture learn colour at all?
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from pyramidflow.data.shapes import ShapesDataset
 from pyramidflow.models.vae import CausalVideoVAE, frames_to_model
 from pyramidflow.models.vae.wan import WanVAE
-from pyramidflow.training.vae.losses import chroma, psnr
+from pyramidflow.training.vae.losses import chroma, psnr, reconstruction_terms
 
 
 def build(kind: str):
@@ -48,8 +51,12 @@ def main() -> None:
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--object-scale", type=float, default=0.34, help="shape size over the frame side")
     p.add_argument("--image", default=None, help="write the batch (top) and its reconstruction here at the end")
+    p.add_argument("--chroma", type=float, default=0.0, help="weight of the chroma term (docs/maths.md (18.4))")
+    p.add_argument("--flat", action="store_true", help="flat random colours, held-out chroma error")
     args = p.parse_args()
     torch.manual_seed(0)
+    if args.flat:
+        return flat_colours(args)
     data = ShapesDataset(32, 17, length=args.clips, bounce=True, travel_frames=8, object_scale=args.object_scale)
     x = frames_to_model(torch.stack([data[i]["video"] for i in range(args.clips)]))
     vae, decode = build(args.kind)
@@ -57,8 +64,7 @@ def main() -> None:
     start = time.perf_counter()
     for step in range(args.steps + 1):
         recon = decode(vae.encode_moments(x)[0])
-        err = recon - x
-        loss = err.abs().mean() if args.loss == "l1" else err.pow(2).mean()
+        loss = objective(recon, x, args)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -68,6 +74,35 @@ def main() -> None:
                   f"{chroma_error(recon.detach(), x):.3f}  {time.perf_counter() - start:.0f} s", flush=True)
     if args.image:
         write_sheet(args.image, x, recon.detach())
+
+
+def objective(recon: torch.Tensor, x: torch.Tensor, args) -> torch.Tensor:
+    """L1 or MSE, plus ``--chroma`` times the chroma term."""
+    l1, mse = (1.0, 0.0) if args.loss == "l1" else (0.0, 1.0)
+    return sum(reconstruction_terms(recon, x, l1, mse, 0.0, args.chroma).values())
+
+
+def flat_clips(colours: torch.Tensor) -> torch.Tensor:
+    """(N, 3) colours in [0, 1] -> (N, 3, 5, 16, 16) flat clips in [-1, 1]."""
+    return colours.view(-1, 3, 1, 1, 1).expand(-1, 3, 5, 16, 16) * 2 - 1
+
+
+def flat_colours(args) -> None:
+    vae, decode = build(args.kind)
+    opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
+    draws = torch.Generator().manual_seed(0)
+    held_out = flat_clips(torch.rand(16, 3, generator=torch.Generator().manual_seed(99)))
+    start = time.perf_counter()
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            with torch.no_grad():
+                err = chroma_error(decode(vae.encode_moments(held_out)[0]), held_out)
+            print(f"step {step:5d}  held-out chroma error {err:.3f}  {time.perf_counter() - start:.0f} s", flush=True)
+        x = flat_clips(torch.rand(8, 3, generator=draws))
+        loss = objective(decode(vae.encode_moments(x)[0]), x, args)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def chroma_error(recon: torch.Tensor, x: torch.Tensor) -> float:
