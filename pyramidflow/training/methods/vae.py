@@ -26,6 +26,7 @@ from pyramidflow.io.run_dir import claim_run_dir
 from pyramidflow.models.vae import CausalVideoVAE, to_unit
 from pyramidflow.models.vae.discriminator import PatchDiscriminator3D
 from pyramidflow.models.vae.wan import WanVAE
+from pyramidflow.models.vae.wan_init import pooled_copy_init
 from pyramidflow.training.config import LoopConfig, OptimConfig
 from pyramidflow.training.methods.base import MicroBatch, OptimizerSpec, PhaseLoss, TrainingMethod, mean_log
 from pyramidflow.training.trainer import Trainer
@@ -75,6 +76,9 @@ class VAEMethod(TrainingMethod):
     def __init__(self, cfg: VAETrainConfig, train_set, val_set=None) -> None:
         self.cfg, self.train_set, self.val_set = cfg, train_set, val_set
         self.vae = build_vae(cfg.model)  # what the losses call: CausalVideoVAE or the WanVAE adapter
+        if cfg.model.init == "pooled":  # a resumed run then loads its checkpoint over this start
+            clips = to_model_range([as_clip(train_set[i]) for i in range(min(16, len(train_set)))])
+            pooled_copy_init(self.vae.vae, clips)
         self.trained = getattr(self.vae, "vae", self.vae)  # what is optimised and checkpointed
         self.discriminator = PatchDiscriminator3D() if cfg.loss.disc_weight > 0 else None
         self.perceptual = None
@@ -163,7 +167,11 @@ CAUSAL_FIELDS = ("latent_channels", "block_out_channels", "spatial_down", "tempo
 def build_vae(model: VAEModelConfig) -> nn.Module:
     """The autoencoder to train: :class:`CausalVideoVAE`, or diffusers' ``AutoencoderKLWan`` in its
     :class:`WanVAE` adapter (``kind: wan``; latents start unnormalised: mean 0, std 1)."""
+    if model.init not in ("random", "pooled"):
+        raise ValueError(f"unknown VAE init {model.init!r}; valid: random, pooled")
     if model.kind == "causal":
+        if model.init != "random":
+            raise ValueError("model.init: pooled is for kind: wan (the causal VAE has model.shortcut)")
         kwargs = {k: v for k, v in to_dict(model).items() if k in CAUSAL_FIELDS}
         return CausalVideoVAE(in_channels=3, **kwargs)
     if model.kind != "wan":

@@ -27,6 +27,7 @@ class VAEModelConfig:
     block_type: Literal["res", "plain"] = "res"  # "plain": conv + SiLU blocks, no norm (fast CPU presets)
     mid_blocks: int = 2
     shortcut: bool = False  # DC-AE parameter-free residual paths around down/up-samples
+    init: Literal["random", "pooled"] = "random"  # wan + residual: start as a pooled-colour autoencoder
 
 
 @dataclass
