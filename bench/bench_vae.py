@@ -5,6 +5,10 @@
     python bench/bench_vae.py --memory                                           # whole vs chunked vs tiled
     python bench/bench_vae.py --vae DIR --memory-video clip.mp4 --frames 33 --height 272 --width 640
     python bench/bench_vae.py --quick                                            # memory table, small sizes
+    python bench/bench_vae.py --vae DIR --judge 64 --frames 17 --travel-frames 8   # evaluator on recons
+
+``--judge N``: N held-out bouncing shapes clips with their prompts, judged by the evaluator before
+and after encode + decode: what a text-to-video model in this latent space can show at best.
 
 Peak memory is the peak resident set size of a fresh process that decodes once, minus that process's
 resident size just before decoding (so model weights and the input are excluded).
@@ -152,6 +156,30 @@ def shapes_clips(n: int, frames: int, size: int):
     return [as_clip(data[i]) for i in range(n)]
 
 
+def judge(vae, n: int, frames: int, size: int, travel_frames: int) -> None:
+    """Evaluator accuracies of held-out shapes clips and of their reconstructions (posterior mean)."""
+    from pyramidflow.data.shapes import ShapesDataset
+    from pyramidflow.eval.evaluator import accuracies, evaluate_video
+
+    data = ShapesDataset(height=size, width=size, num_frames=frames, seed=10**6, length=n, split="val",
+                         bounce=True, travel_frames=travel_frames)
+    source, recon = [], []
+    for i in range(n):
+        item = data[i]
+        x = to_model_range([as_clip(item)])
+        with torch.no_grad():
+            y = ((vae.decode(vae.encode(x)).float() + 1) / 2).clamp(0, 1)[0].transpose(0, 1)  # (T, 3, H, W)
+        source.append(evaluate_video(item["video"], item["text"], travel_frames))
+        recon.append(evaluate_video(y.numpy(), item["text"], travel_frames))
+    keys = ("color", "shape", "direction", "speed", "background", "intact", "all")
+    print(f"\n## Evaluator on {n} held-out clips of {frames}x{size}x{size} (travel_frames {travel_frames})")
+    print("| clips | " + " | ".join(keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for label, results in (("source", source), ("reconstructed", recon)):
+        acc = accuracies(results)
+        print(f"| {label} | " + " | ".join("-" if acc.get(k) is None else f"{acc[k]:.2f}" for k in keys) + " |")
+
+
 def video_clips(folder: str, frames: int, height: int, width: int, limit: int, stride: int | None):
     from pyramidflow.training.vae.data import folder_clips
 
@@ -163,6 +191,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", default=None, help="trained VAE directory (ours or a Wan VAE folder)")
     parser.add_argument("--shapes", type=int, default=0, help="number of shapes validation clips")
+    parser.add_argument("--judge", type=int, default=0, help="number of bouncing shapes clips to judge")
+    parser.add_argument("--travel-frames", type=int, default=8, help="the clips' motion scale (--judge)")
     parser.add_argument("--videos", default=None, help="folder of real videos (mp4)")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--size", type=int, default=32, help="square frame size")
@@ -181,6 +211,8 @@ def main() -> None:
     vae = load_vae(args.vae) if args.vae else None
     if vae is not None and args.shapes:
         quality(vae, shapes_clips(args.shapes, args.frames, args.size), "shapes validation")
+    if vae is not None and args.judge:
+        judge(vae, args.judge, args.frames, args.size, args.travel_frames)
     height, width = args.height or args.size, args.width or args.size
     if vae is not None and args.videos:
         clips = video_clips(args.videos, args.frames, height, width, args.limit, args.stride)
