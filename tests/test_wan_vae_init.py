@@ -94,6 +94,10 @@ def test_the_posterior_starts_nearly_deterministic_and_bad_models_are_refused():
     assert torch.allclose(dist.logvar, torch.full_like(dist.logvar, -6.0))
     with pytest.raises(PyramidflowError, match="needs a residual AutoencoderKLWan"):
         pooled_copy_init(tiny(residual=False), clips(4, 0))
+    narrow = build_vae(VAEModelConfig(kind="wan", base_dim=8, dim_mult=(1, 1), latent_channels=2,
+                                      temporal_down=(True,), residual=True)).vae
+    with pytest.raises(PyramidflowError, match="at least 3 latent channels"):
+        pooled_copy_init(narrow, clips(2, 0, frames=5))
     with pytest.raises(ValueError, match="pooled is for kind: wan"):
         build_vae(VAEModelConfig(init="pooled"))
     with pytest.raises(ValueError, match="unknown VAE init"):

@@ -114,6 +114,11 @@ def pooled_copy_init(vae, clips: torch.Tensor, bias_channel: float = 4.0, logvar
     if cfg.patch_size is not None:
         raise PyramidflowError("the pooled-copy init supports Wan VAEs without patch_size")
     z_dim = int(cfg.z_dim)
+    widths = (vae.encoder.conv_in.out_channels, vae.decoder.conv_in.out_channels)
+    if z_dim < 3 or min(widths) < 4:
+        raise PyramidflowError(f"the pooled-copy init needs at least 3 latent channels and 4 channels in the "
+                               f"first and last layers (colour plus a constant), got z_dim {z_dim} and "
+                               f"widths {widths}")
     for m in vae.modules():
         if isinstance(m, wan.WanResidualBlock):
             _zero(m.conv2)
