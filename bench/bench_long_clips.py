@@ -50,6 +50,9 @@ def main() -> None:
                         "whose 4-frame clips covered a speed in 3 frames)")
     p.add_argument("--max-history", type=int, default=None,
                    help="history units kept while sampling (default: the model's saved window)")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="steps per stage (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="first-frame guidance (default: the model's)")
+    p.add_argument("--video-guidance", type=float, default=None, help="later frames' guidance (default: the model's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = PyramidFlowPipeline.from_pretrained(args.checkpoint)
@@ -58,8 +61,12 @@ def main() -> None:
         cfg.travel_frames = args.travel_frames
     if args.max_history is not None:
         cfg.temporal.max_history = args.max_history
+    for field, value in (("steps", args.steps), ("guidance", args.guidance), ("video_guidance", args.video_guidance)):
+        if value is not None:
+            setattr(cfg.sampling, field, tuple(value) if field == "steps" else value)
     print(f"{args.checkpoint}: {args.count} held-out prompts, seed {args.seed}, travel_frames {cfg.travel_frames}, "
-          f"max_history {cfg.temporal.max_history}")
+          f"max_history {cfg.temporal.max_history}, steps {tuple(cfg.sampling.steps)}, guidance "
+          f"{cfg.sampling.guidance} / {cfg.sampling.video_guidance}")
     print("| frames | " + " | ".join(KEYS) + " | Fréchet | s per clip |")
     print("|---" * (len(KEYS) + 3) + "|")
     for frames in args.frames:
