@@ -126,8 +126,8 @@ def pooled_copy_init(vae, clips: torch.Tensor, bias_channel: float = 4.0, logvar
                 _copy_channels(m.conv_shortcut, min(m.in_dim, m.out_dim))
         elif isinstance(m, wan.WanAttentionBlock):
             _zero(m.proj)
-        elif isinstance(m, wan.WanResample):  # the first chunk skips time_conv: zero both
-            _zero(m.resample[1])
+        elif isinstance(m, wan.WanResample) and not isinstance(m.resample, nn.Identity):
+            _zero(m.resample[1])  # the first chunk skips time_conv: zero both
             if m.mode == "downsample3d":
                 _zero(m.time_conv)
     _copy_channels(vae.quant_conv, vae.quant_conv.out_channels)
