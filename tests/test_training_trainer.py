@@ -77,6 +77,17 @@ def test_lr_schedule_shapes():
         lr_lambda(OptimConfig(schedule="step"), 10)
 
 
+def test_lr_schedule_wsd_decays_only_at_the_end_and_extends():
+    f = lr_lambda(OptimConfig(warmup_steps=2, schedule="wsd", decay_steps=4), max_steps=10)
+    assert [f(s) for s in (0, 1, 2, 5, 6, 7, 8, 9, 10)] == [0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    # resuming with a larger budget while still stable keeps the rate and moves the decay
+    g = lr_lambda(OptimConfig(warmup_steps=2, schedule="wsd", decay_steps=4), max_steps=20)
+    assert g(5) == 1.0 and g(18) == 0.5
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="decay_steps"):
+            lr_lambda(OptimConfig(warmup_steps=2, schedule="wsd", decay_steps=bad), max_steps=10)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,7 +30,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    schedule: str = "constant"  # constant | cosine | linear (after the warm-up)
+    schedule: str = "constant"  # constant | cosine | linear | wsd (after the warm-up)
+    decay_steps: int = 0  # wsd: the last decay_steps steps decay linearly to 0 (constant before)
     grad_clip: float = 1.0  # 0 disables clipping
 
 
@@ -174,15 +175,23 @@ class TrainConfig:
 
 
 def lr_lambda(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
-    """Linear warm-up, then constant, cosine or linear decay to 0 at ``max_steps``."""
-    if optim.schedule not in ("constant", "cosine", "linear"):
-        raise PyramidflowError(f"unknown lr schedule {optim.schedule!r}; valid: constant, cosine, linear")
+    """Linear warm-up, then constant, cosine or linear decay to 0 at ``max_steps``, or ``wsd``
+    (warm-up, stable, decay): constant, then linear to 0 over the last ``decay_steps`` steps. A wsd run
+    still in its stable phase can be extended by resuming with a larger ``max_steps``."""
+    if optim.schedule not in ("constant", "cosine", "linear", "wsd"):
+        raise PyramidflowError(f"unknown lr schedule {optim.schedule!r}; valid: constant, cosine, linear, "
+                               "wsd")
+    if optim.schedule == "wsd" and not 0 < optim.decay_steps <= max_steps - optim.warmup_steps:
+        raise PyramidflowError(f"schedule wsd needs 0 < optim.decay_steps <= max_steps - warmup_steps = "
+                               f"{max_steps - optim.warmup_steps}, got {optim.decay_steps}")
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
             return (step + 1) / optim.warmup_steps
         if optim.schedule == "constant":
             return 1.0
+        if optim.schedule == "wsd":
+            return min(1.0, max(0.0, (max_steps - step) / optim.decay_steps))
         progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
         if optim.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
