@@ -177,13 +177,14 @@ class TrainConfig:
 def lr_lambda(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
     """Linear warm-up, then constant, cosine or linear decay to 0 at ``max_steps``, or ``wsd``
     (warm-up, stable, decay): constant, then linear to 0 over the last ``decay_steps`` steps. A wsd run
-    still in its stable phase can be extended by resuming with a larger ``max_steps``."""
+    still in its stable phase can be extended by resuming with a larger ``max_steps``; a run shorter
+    than the warm-up plus ``decay_steps`` decays over all its steps after the warm-up."""
     if optim.schedule not in ("constant", "cosine", "linear", "wsd"):
         raise PyramidflowError(f"unknown lr schedule {optim.schedule!r}; valid: constant, cosine, linear, "
                                "wsd")
-    if optim.schedule == "wsd" and not 0 < optim.decay_steps <= max_steps - optim.warmup_steps:
-        raise PyramidflowError(f"schedule wsd needs 0 < optim.decay_steps <= max_steps - warmup_steps = "
-                               f"{max_steps - optim.warmup_steps}, got {optim.decay_steps}")
+    if optim.schedule == "wsd" and optim.decay_steps <= 0:
+        raise PyramidflowError(f"schedule wsd needs optim.decay_steps > 0, got {optim.decay_steps}")
+    decay = min(optim.decay_steps, max(1, max_steps - optim.warmup_steps))  # a short run: all decay
 
     def factor(step: int) -> float:
         if step < optim.warmup_steps:
@@ -191,7 +192,7 @@ def lr_lambda(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
         if optim.schedule == "constant":
             return 1.0
         if optim.schedule == "wsd":
-            return min(1.0, max(0.0, (max_steps - step) / optim.decay_steps))
+            return min(1.0, max(0.0, (max_steps - step) / decay))
         progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
         if optim.schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
