@@ -193,6 +193,27 @@ def test_definition2_targets_are_the_video_lowered_in_pixels_then_encoded(tmp_pa
                 low = torch.cat([first, rest], 2)
             ref = vae.vae.encode(low).latent_dist.mean[0]  # latents_mean 0, std 1: already normalised
             torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
+    # training reads them (data.clean_targets): definition 2 hands the method the finest `stages`
+    # targets, definition 1 none (the method then lowers the latents itself)
+    from pyramidflow.config import load_config
+    from pyramidflow.data.sources import LatentClips
+    from pyramidflow.training.build import build_dataset
+    from pyramidflow.training.config import TrainConfig
+
+    k = next(k for k in range(3) if cache[k]["source"] == "w1.mp4")
+    for mode, stages, count in (("auto", 3, 3), ("pixel", 3, 3), ("pixel", 2, 2), ("latent", 3, 0),
+                                ("auto", 1, 0), ("auto", 4, 0)):
+        got = LatentClips(tmp_path, mode, stages)[k]
+        assert len(got.get("clean_pyramid", [])) == count, (mode, stages)
+        if count:
+            assert all(torch.equal(a, b) for a, b in zip(got["clean_pyramid"], pyramid[-count:], strict=True))
+    with pytest.raises(PyramidflowError, match="needs a cache with 3 lowered level"):
+        LatentClips(tmp_path, "pixel", 4)
+    with pytest.raises(PyramidflowError, match="clean_targets must be one of"):
+        LatentClips(tmp_path, "video")
+    cfg = load_config(TrainConfig, None, [f"data.path={tmp_path}", "data.source=latents", "space=latent",
+                                          "pyramid.num_stages=3", "data.clean_targets=pixel"])
+    assert len(build_dataset(cfg)[k]["clean_pyramid"]) == 3
     with pytest.raises(PyramidflowError, match="needs the pyramid's transform"):
         build_latent_cache(WanClips(), vae, tmp_path / "x", pyramid_levels=1, show_progress=False)
 

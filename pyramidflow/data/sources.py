@@ -14,23 +14,49 @@ from pyramidflow.errors import PyramidflowError
 SOURCES = ("shapes", "folder", "manifest", "latents")
 
 
+CLEAN_TARGETS = ("auto", "latent", "pixel")
+
+
 class LatentClips(torch.utils.data.Dataset):
     """A latent cache (``pyramidflow cache-latents``) as clips: ``{"video": (C, T, h, w) normalised
-    latents, "text": caption}``. Training on it skips the VAE encoder (``to_model_space`` is the
-    identity); the cache's header says which VAE made it."""
+    latents, "text": caption}``, plus ``clean_pyramid`` (the definition-2 clean targets, coarse to fine,
+    docs/maths.md section 6) when they are used. Training on it skips the VAE encoder
+    (``to_model_space`` is the identity); the cache's header says which VAE made it.
 
-    def __init__(self, root) -> None:
+    ``clean_targets``: ``latent`` (definition 1: the stages' clean signals are the latents lowered by
+    the pyramid's transform, the stored targets are ignored), ``pixel`` (definition 2: the video
+    lowered in pixel space, then encoded; the cache must hold them, ``--pyramid-levels``) or
+    ``auto`` (definition 2 where the cache holds enough levels, else 1). ``stages``: the pyramid's
+    stage count; its finest ``stages`` clean signals are used (None: all the cache holds).
+    """
+
+    def __init__(self, root, clean_targets: str = "auto", stages: int | None = None) -> None:
         from pyramidflow.data.latent_cache import LatentCacheDataset
 
+        if clean_targets not in CLEAN_TARGETS:
+            raise PyramidflowError(f"clean_targets must be one of {', '.join(CLEAN_TARGETS)}, "
+                                   f"got {clean_targets!r}")
         self.cache = LatentCacheDataset(root)
         self.header = self.cache.header
+        levels = int(self.header.get("pyramid_levels", 0))
+        needed = levels if stages is None else stages - 1
+        if clean_targets == "pixel" and (needed < 1 or levels < needed):
+            raise PyramidflowError(f"clean_targets: pixel (definition 2) needs a cache with {max(needed, 1)} "
+                                   f"lowered level(s) of the video encoded; {root} has {levels} "
+                                   f"(cache-latents --pyramid-levels {max(needed, 1)}) and the model "
+                                   f"{stages} stage(s)")
+        use = clean_targets == "pixel" or (clean_targets == "auto" and 1 <= needed <= levels)
+        self.stages = needed + 1 if use else 0  # clean signals per item (0: definition 1)
 
     def __len__(self) -> int:
         return len(self.cache)
 
     def __getitem__(self, i: int) -> dict:
         item = self.cache[i]
-        return {"video": item["latents"].float(), "text": item["caption"]}
+        out = {"video": item["latents"].float(), "text": item["caption"]}
+        if self.stages:
+            out["clean_pyramid"] = [z.float() for z in item["clean_pyramid"][-self.stages:]]
+        return out
 
 
 def clip_dataset(
@@ -45,10 +71,13 @@ def clip_dataset(
     split: str = "train",
     fps: float | None = None,
     stride: int | None = None,
+    clean_targets: str = "auto",
+    stages: int | None = None,
     **shapes_kwargs,
 ) -> torch.utils.data.Dataset:
     """A clip dataset of ``frames`` x ``height`` x ``width`` from ``source`` (see :data:`SOURCES`;
-    ``latents`` reads a latent cache folder, whose clips keep the size they were encoded at). For
+    ``latents`` reads a latent cache folder, whose clips keep the size they were encoded at, with
+    ``clean_targets`` and ``stages`` as in :class:`LatentClips`). For
     video files ``None`` keeps whole videos (frames) or the source size."""
     if source == "shapes":
         if frames is None or height is None or width is None:
@@ -62,7 +91,7 @@ def clip_dataset(
     if not path:
         raise PyramidflowError(f"data source {source!r} needs a path (data.path)")
     if source == "latents":
-        return LatentClips(path)
+        return LatentClips(path, clean_targets, stages)
     if source == "folder":
         from pyramidflow.data.video import VideoFolderDataset
 

@@ -43,8 +43,9 @@ class Components:
 def build_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
     d = cfg.data
     common = dict(height=d.height, width=d.width, seed=d.seed, fps=d.fps)
+    latents = {"clean_targets": d.clean_targets, "stages": cfg.pyramid.num_stages}
     extra = ({"bounce": d.bounce, "travel_frames": d.travel_frames} if d.source == "shapes"
-             else {"stride": d.stride})
+             else latents if d.source == "latents" else {"stride": d.stride})
     videos = clip_dataset(d.source, d.path, frames=d.frames, length=d.num_clips, **common, **extra)
     images = None
     if d.source == "shapes" and d.image_ratio > 0:

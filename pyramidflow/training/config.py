@@ -102,6 +102,7 @@ class DataConfig:
     bounce: bool = False
     travel_frames: int | None = None  # shapes: frames to cover a speed's share of the frame (None: the clip)
     seed: int = 0
+    clean_targets: str = "auto"  # latents cache: latent (definition 1) | pixel (definition 2) | auto
 
 
 @dataclass
