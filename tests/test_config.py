@@ -78,3 +78,15 @@ def test_every_shipped_preset_loads_into_its_config():
         assert isinstance(cfg, cls), path.name
     shapes = load_config(VAETrainConfig, presets[[p.name for p in presets].index("vae-shapes-tiny.yaml")])
     assert shapes.model.shortcut and shapes.max_minutes == 10
+
+
+def test_clean_targets_setting_is_checked():
+    from pyramidflow.training.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["data.clean_targets=video"])
+    with pytest.raises(PyramidflowError, match="data.clean_targets must be auto, latent or pixel"):
+        cfg.check()
+    cfg = load_config(TrainConfig, None, ["data.clean_targets=pixel"])  # shapes source: nothing stored
+    with pytest.raises(PyramidflowError, match="needs data.source: latents"):
+        cfg.check()
+    load_config(TrainConfig, None, ["data.clean_targets=latent"]).check()

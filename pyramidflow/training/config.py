@@ -138,6 +138,13 @@ class TrainConfig:
             raise PyramidflowError("text_encoder.kind: pretrained needs text_encoder.path (a local folder)")
         if self.data.source == "latents" and self.space != "latent":
             raise PyramidflowError("data.source: latents needs space: latent and the vae that made the cache")
+        if self.data.clean_targets not in ("auto", "latent", "pixel"):
+            raise PyramidflowError(f"data.clean_targets must be auto, latent or pixel, "
+                                   f"got {self.data.clean_targets!r}")
+        if self.data.clean_targets == "pixel" and self.data.source != "latents":
+            raise PyramidflowError("data.clean_targets: pixel (definition 2) reads the lowered videos' "
+                                   "latents from a cache: it needs data.source: latents "
+                                   "(cache-latents --pyramid-levels N)")
         if not 0.0 <= self.data.image_ratio < 1.0:
             raise PyramidflowError(f"data.image_ratio must lie in [0, 1), got {self.data.image_ratio}")
         self.temporal.check()
