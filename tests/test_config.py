@@ -84,7 +84,7 @@ def test_clean_targets_setting_is_checked():
     from pyramidflow.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, None, ["data.clean_targets=video"])
-    with pytest.raises(PyramidflowError, match="data.clean_targets must be auto, latent or pixel"):
+    with pytest.raises(PyramidflowError, match="data.clean_targets must be one of auto, latent, pixel"):
         cfg.check()
     cfg = load_config(TrainConfig, None, ["data.clean_targets=pixel"])  # shapes source: nothing stored
     with pytest.raises(PyramidflowError, match="needs data.source: latents"):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyramidflow.config import check_seed, from_dict
+from pyramidflow.data.sources import CLEAN_TARGETS
 from pyramidflow.errors import PyramidflowError
 from pyramidflow.models.lora import ATTENTION_TARGETS
 from pyramidflow.pipelines.config import SPACES, SamplingConfig
@@ -138,8 +139,8 @@ class TrainConfig:
             raise PyramidflowError("text_encoder.kind: pretrained needs text_encoder.path (a local folder)")
         if self.data.source == "latents" and self.space != "latent":
             raise PyramidflowError("data.source: latents needs space: latent and the vae that made the cache")
-        if self.data.clean_targets not in ("auto", "latent", "pixel"):
-            raise PyramidflowError(f"data.clean_targets must be auto, latent or pixel, "
+        if self.data.clean_targets not in CLEAN_TARGETS:
+            raise PyramidflowError(f"data.clean_targets must be one of {', '.join(CLEAN_TARGETS)}, "
                                    f"got {self.data.clean_targets!r}")
         if self.data.clean_targets == "pixel" and self.data.source != "latents":
             raise PyramidflowError("data.clean_targets: pixel (definition 2) reads the lowered videos' "
