@@ -98,7 +98,8 @@ def test_a_one_stage_run_on_wan_parts_exports_a_genuine_wanpipeline(tmp_path):
     out = tmp_path / "teacher"
     sets = [f"vae={wan / 'vae'}", f"text_encoder.path={wan / 'text_encoder'}", "text_encoder.max_length=32",
             "data.num_clips=8", "loop.batch_size=2", "validation_prompts=0", "sampling.steps=[2]",
-            "model.num_layers=1", "model.ffn_dim=32", "num_threads=1"]
+            "model.num_layers=1", "model.ffn_dim=32", "num_threads=1",
+            "data.bounce=true", "data.travel_frames=8"]  # a motion scale other than the clip's: exported
     args = [sys.executable, "-m", "pyramidflow", "train", "--config", str(teacher), "--quiet",
             *[a for s in sets for a in ("--set", s)], "--max-steps", "2", "--out", str(out)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600,
