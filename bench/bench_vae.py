@@ -197,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vae", default=None, help="trained VAE directory (ours or a Wan VAE folder)")
     parser.add_argument("--shapes", type=int, default=0, help="number of shapes validation clips")
-    parser.add_argument("--judge", type=int, default=0, help="number of bouncing shapes clips to judge")
+    parser.add_argument("--judge", type=int, default=0, help="number of shapes clips to judge (they bounce when --travel-frames < frames - 1)")
     parser.add_argument("--travel-frames", type=int, default=8, help="the clips' motion scale (--judge)")
     parser.add_argument("--videos", default=None, help="folder of real videos (mp4)")
     parser.add_argument("--frames", type=int, default=9)
