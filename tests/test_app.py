@@ -162,6 +162,21 @@ def test_text_to_video_writes_an_mp4_of_the_prompted_colour(registry, tmp_path):
     assert RED in result.caption and "seed 3" in result.caption and "4x32x32" in result.caption
 
 
+def test_the_shipped_wan_teacher_is_listed_and_generates(registry, tmp_path):
+    """checkpoints/wan-teacher-shapes (a diffusers WanPipeline folder) is offered beside the default
+    and generates its 4k + 1 frames with its one stage."""
+    assert "wan-teacher-shapes" in registry.names and registry.default == "shapes-tiny"
+    info = registry.info("wan-teacher-shapes")
+    assert (info.mode, info.space, info.num_stages, info.frames) == ("full_sequence", "latent", 1, 17)
+    assert "1 stage," in info.summary() and info.frame_values[:3] == [1, 5, 9]
+    with pytest.raises(AppError, match="this model has 1 stage, so give 1 number "):
+        check_request(Request(model="wan-teacher-shapes", prompt=RED, steps="10,10"), info)
+    request = Request(model="wan-teacher-shapes", prompt=RED, frames=5, steps="8")
+    result = generate(registry, request, tmp_path)
+    video, _ = read_video(result.path)
+    assert video.shape == (5, 3, 32, 32) and result.settings["steps"] == [8]
+
+
 def test_text_to_image_and_image_to_video(registry, tmp_path):
     from PIL import Image
 

@@ -79,7 +79,8 @@ def parse_steps(text: str | None, stages: int, name: str) -> tuple[int, ...] | N
         example = ",".join(["10"] * stages)
         raise AppError(f"{name} must be whole numbers like {example}, got {text!r}") from None
     if len(values) != stages:
-        raise AppError(f"{name}: this model has {stages} stages, so give {stages} numbers "
+        plural = "s" if stages != 1 else ""
+        raise AppError(f"{name}: this model has {stages} stage{plural}, so give {stages} number{plural} "
                        f"(e.g. {','.join(['10'] * stages)}), got {len(values)}")
     if any(not 1 <= v <= MAX_STEPS for v in values):
         raise AppError(f"{name} must each be between 1 and {MAX_STEPS}, got {text!r}")

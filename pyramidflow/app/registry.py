@@ -70,7 +70,8 @@ class ModelInfo:
         more = ", ..." if len(self.frame_values) > 5 else ""
         i2v = "yes" if self.image_to_video else "no"
         return (f"**{self.name}**: {self.space} space, {self.mode.replace('_', ' ')}, "
-                f"{self.num_stages} stages, {self.parameters / 1e6:.1f}M parameters; "
+                f"{self.num_stages} stage{'s' if self.num_stages != 1 else ''}, "
+                f"{self.parameters / 1e6:.1f}M parameters; "
                 f"trained at {self.frames} frames of {self.height}x{self.width}; "
                 f"frames {frames}{more} (up to {self.max_frames}); sizes multiples of {self.size_step} "
                 f"up to {self.max_size}; image-to-video: {i2v}")
