@@ -117,6 +117,23 @@ def test_flops_command_reads_a_pipeline_folder(wan_dir, capsys):
     assert result["spec"]["num_layers"] == 2
 
 
+def test_flops_command_uses_the_folders_own_vae_compression(wan_dir, tmp_path, capsys):
+    """A pipeline whose VAE compresses 4x spatially (the toy teacher's) has 4x the latent pixels."""
+    import shutil
+
+    from pyramidflow.cli import main
+
+    folder = tmp_path / "x4"
+    shutil.copytree(wan_dir, folder)
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    assert (vae["scale_factor_temporal"], vae["scale_factor_spatial"]) == (4, 8)
+    (folder / "vae" / "config.json").write_text(json.dumps({**vae, "scale_factor_spatial": 4}))
+    assert main(["flops", "--config", str(folder), "--frames", "17", "--height", "64", "--width", "64",
+                 "--steps", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["latent_shape"] == [5, 16, 16] and result["per_stage"][0]["tokens"] == 5 * 8 * 8
+
+
 @torch.no_grad()
 def test_a_one_stage_model_exports_as_a_genuine_wanpipeline(wan_dir, tmp_path):
     from diffusers import WanPipeline

@@ -49,8 +49,10 @@ def compute(args: argparse.Namespace) -> dict:
     from pyramidflow.models.ppf import check_patch_sizes
     from pyramidflow.pyramid import HaarTransform, IdentityTransform
 
+    vae = WAN_VAE
     if args.config:
         path = Path(args.config)
+        vae = _folder_vae(path) or WAN_VAE
         if path.is_dir():
             path = path / "transformer" / "config.json" if (path / "model_index.json").is_file() else (
                 path / "config.json")
@@ -69,7 +71,7 @@ def compute(args: argparse.Namespace) -> dict:
         transform, pyramid = IdentityTransform(), "patchification"
     else:
         transform = HaarTransform(temporal=pyramid != "spatial", causal_first_frame=pyramid == "causal")
-    latent = WAN_VAE.latent_shape(args.frames, args.height, args.width)
+    latent = vae.latent_shape(args.frames, args.height, args.width)
     result = schedule_flops(spec, latent, steps, transform, cfg=args.cfg)
     full_tokens = result["per_stage"][-1]["tokens"]
     single = schedule_flops(spec, latent, [0] * (len(steps) - 1) + [sum(steps)], transform, cfg=args.cfg)
@@ -102,13 +104,27 @@ def run(args: argparse.Namespace) -> int:
         shape, patch = "x".join(map(str, s["latent_shape"])), "x".join(map(str, s["patch_size"]))
         print(
             f"{s['stage']:>5} {shape:>18} {patch:>7} {s['tokens']:>8} {s['steps']:>5} "
-            f"{s['tflops_per_step']:>12.2f} {s['tflops']:>10.1f}"
+            f"{s['tflops_per_step']:>12.4g} {s['tflops']:>10.4g}"
         )
     total, single = result["total_tflops"], result["single_stage_same_steps_tflops"]
     saving = 100.0 * (1.0 - total / single) if single else 0.0
-    print(f"total: {total:.1f} TFLOPs ({saving:.0f}% less than {sum(result['steps'])} full-resolution steps: "
-          f"{single:.1f} TFLOPs)")
+    print(f"total: {total:.4g} TFLOPs ({saving:.0f}% less than {sum(result['steps'])} full-resolution steps: "
+          f"{single:.4g} TFLOPs)")
     return 0
+
+
+def _folder_vae(path: Path):
+    """The compression of a pipeline folder's own VAE (``vae/config.json``: ``scale_factor_temporal``
+    and ``scale_factor_spatial``, as diffusers' AutoencoderKLWan writes them), or None (Wan's 4x8x8)."""
+    from pyramidflow.flops import VideoAutoencoderSpec
+
+    config = path / "vae" / "config.json" if path.is_dir() else None
+    if config is None or not config.is_file():
+        return None
+    vae = json.loads(config.read_text())
+    if "scale_factor_temporal" not in vae or "scale_factor_spatial" not in vae:
+        return None
+    return VideoAutoencoderSpec(temporal=int(vae["scale_factor_temporal"]), spatial=int(vae["scale_factor_spatial"]))
 
 
 def _patches(text: str) -> list[list[int]]:
