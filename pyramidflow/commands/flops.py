@@ -124,7 +124,8 @@ def _folder_vae(path: Path):
     vae = json.loads(config.read_text())
     if "scale_factor_temporal" not in vae or "scale_factor_spatial" not in vae:
         return None
-    return VideoAutoencoderSpec(temporal=int(vae["scale_factor_temporal"]), spatial=int(vae["scale_factor_spatial"]))
+    return VideoAutoencoderSpec(temporal=int(vae["scale_factor_temporal"]),
+                                spatial=int(vae["scale_factor_spatial"]))
 
 
 def _patches(text: str) -> list[list[int]]:
