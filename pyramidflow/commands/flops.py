@@ -104,13 +104,18 @@ def run(args: argparse.Namespace) -> int:
         shape, patch = "x".join(map(str, s["latent_shape"])), "x".join(map(str, s["patch_size"]))
         print(
             f"{s['stage']:>5} {shape:>18} {patch:>7} {s['tokens']:>8} {s['steps']:>5} "
-            f"{s['tflops_per_step']:>12.4g} {s['tflops']:>10.4g}"
+            f"{_num(s['tflops_per_step']):>12} {_num(s['tflops']):>10}"
         )
     total, single = result["total_tflops"], result["single_stage_same_steps_tflops"]
     saving = 100.0 * (1.0 - total / single) if single else 0.0
-    print(f"total: {total:.4g} TFLOPs ({saving:.0f}% less than {sum(result['steps'])} full-resolution steps: "
-          f"{single:.4g} TFLOPs)")
+    print(f"total: {_num(total)} TFLOPs ({saving:.0f}% less than {sum(result['steps'])} full-resolution "
+          f"steps: {_num(single)} TFLOPs)")
     return 0
+
+
+def _num(value: float) -> str:
+    """TFLOPs for reading: one decimal from 1 up (2821.3), four significant digits below (0.0008095)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.4g}"
 
 
 def _folder_vae(path: Path):
