@@ -49,10 +49,9 @@ def compute(args: argparse.Namespace) -> dict:
     from pyramidflow.models.ppf import check_patch_sizes
     from pyramidflow.pyramid import HaarTransform, IdentityTransform
 
-    vae = WAN_VAE
+    vae = (_folder_vae(Path(args.config)) if args.config else None) or WAN_VAE
     if args.config:
         path = Path(args.config)
-        vae = _folder_vae(path) or WAN_VAE
         if path.is_dir():
             path = path / "transformer" / "config.json" if (path / "model_index.json").is_file() else (
                 path / "config.json")
