@@ -221,7 +221,7 @@ def test_ppf_shapes_preset_finetunes_a_wan_teacher_and_exports_a_pyramidal_wan_p
 
     wan = tmp_path / "wan"
     build_wan_pipeline(seed=5).save_pretrained(wan)
-    toy = [f"wan={wan}", "data.num_clips=8", "text_encoder.max_length=32", "sampling.steps=[1,1]",
+    toy = [f"wan={wan}", "data.num_clips=8", "text_encoder.max_length=32", "sampling.steps=[1,1,1]",
            "loop.batch_size=2", "loop.checkpoint_every=2", "optim.warmup_steps=1", "num_threads=1",
            "validation_prompts=0"]
     sets = [a for item in toy for a in ("--set", item)]
@@ -236,7 +236,7 @@ def test_ppf_shapes_preset_finetunes_a_wan_teacher_and_exports_a_pyramidal_wan_p
     assert index["transformer"] == ["pyramidflow", "PPFDiT"]
     pipe = PyramidalWanPipeline.from_pretrained(out / "pipeline")
     assert isinstance(pipe.transformer, PPFDiT) and pipe.config.pyramid.patchify
-    assert pipe.transformer.patch_sizes == ((1, 4, 4), (1, 2, 2))
-    clip = pipe("a red circle moving right", num_inference_steps=(1, 1), seed=0, output_type="pt",
+    assert pipe.transformer.patch_sizes == ((1, 4, 4), (1, 2, 4), (1, 2, 2))
+    clip = pipe("a red circle moving right", num_inference_steps=(1, 1, 1), seed=0, output_type="pt",
                 progress=False).frames
-    assert clip.shape == (1, 17, 3, 32, 32) and torch.isfinite(clip).all()  # 5x4x4 latents: 5 coarse tokens
+    assert clip.shape == (1, 17, 3, 32, 32) and torch.isfinite(clip).all()  # 5x4x4 latents: 5, 10, 20 tokens
