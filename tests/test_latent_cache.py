@@ -214,6 +214,12 @@ def test_definition2_targets_are_the_video_lowered_in_pixels_then_encoded(tmp_pa
     cfg = load_config(TrainConfig, None, [f"data.path={tmp_path}", "data.source=latents", "space=latent",
                                           "pyramid.num_stages=3", "data.clean_targets=pixel"])
     assert len(build_dataset(cfg)[k]["clean_pyramid"]) == 3
+    # a patchification pyramid (PPF) is full resolution at every stage: the lowered levels go unused
+    ppf = [f"data.path={tmp_path}", "data.source=latents", "space=latent", "pyramid.num_stages=3",
+           "pyramid.patchify=true", "pyramid.stage_ends=[0.5,0.25,0.0]"]
+    assert "clean_pyramid" not in build_dataset(load_config(TrainConfig, None, ppf))[k]
+    with pytest.raises(PyramidflowError, match="pyramid.patchify keeps full resolution"):
+        load_config(TrainConfig, None, [*ppf, "data.clean_targets=pixel", f"vae={tmp_path}"]).check()
     with pytest.raises(PyramidflowError, match="needs the pyramid's transform"):
         build_latent_cache(WanClips(), vae, tmp_path / "x", pyramid_levels=1, show_progress=False)
 

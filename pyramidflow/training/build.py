@@ -43,7 +43,9 @@ class Components:
 def build_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
     d = cfg.data
     common = dict(height=d.height, width=d.width, seed=d.seed, fps=d.fps)
-    latents = {"clean_targets": d.clean_targets, "stages": cfg.pyramid.num_stages}
+    # a patchification pyramid keeps full resolution at every stage: a cache's lowered levels are unused
+    targets = "latent" if cfg.pyramid.patchify else d.clean_targets
+    latents = {"clean_targets": targets, "stages": cfg.pyramid.num_stages}
     extra = ({"bounce": d.bounce, "travel_frames": d.travel_frames} if d.source == "shapes"
              else latents if d.source == "latents" else {"stride": d.stride})
     videos = clip_dataset(d.source, d.path, frames=d.frames, length=d.num_clips, **common, **extra)

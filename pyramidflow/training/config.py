@@ -146,6 +146,10 @@ class TrainConfig:
             raise PyramidflowError("data.clean_targets: pixel (definition 2) reads the lowered videos' "
                                    "latents from a cache: it needs data.source: latents "
                                    "(cache-latents --pyramid-levels N)")
+        if self.data.clean_targets == "pixel" and self.pyramid.patchify:
+            raise PyramidflowError("data.clean_targets: pixel (definition 2) lowers the clean video per "
+                                   "stage, but pyramid.patchify keeps full resolution at every stage: "
+                                   "use data.clean_targets: latent or auto")
         if not 0.0 <= self.data.image_ratio < 1.0:
             raise PyramidflowError(f"data.image_ratio must lie in [0, 1), got {self.data.image_ratio}")
         self.temporal.check()
