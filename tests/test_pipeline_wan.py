@@ -4,6 +4,7 @@ the three-stage pyramid, frame-count errors, saving and the command line."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,30 @@ def test_a_one_stage_model_exports_as_a_genuine_wanpipeline(wan_dir, tmp_path):
                                original("a blue square", latents=noise.clone(), **kw).frames)
     with pytest.raises(PyramidflowError, match="samples one full-resolution stage; this model has 3"):
         PyramidalWanPipeline.from_pretrained(wan_dir, pyramid={}).export_wan_pipeline(tmp_path / "no")
+
+
+def test_flops_command_defaults_to_what_a_pyramidal_folder_was_saved_for(tmp_path, capsys):
+    """A pyramidal pipeline folder's size, steps per stage and guidance are the defaults; flags win."""
+    import shutil
+
+    from pyramidflow.cli import main
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "wan-pyramidal-shapes"
+    assert main(["flops", "--config", str(shipped), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["video"] == [17, 32, 32] and result["steps"] == [20, 20, 10] and result["cfg"]
+    assert [s["tokens"] for s in result["per_stage"]] == [2, 12, 80]
+    few = tmp_path / "few"
+    shutil.copytree(shipped, few)
+    index = json.loads((few / "model_index.json").read_text())
+    index["config"]["sampling"].update(steps=[2, 2, 1], guidance=1.0, step_rule="x0_renoise")
+    (few / "model_index.json").write_text(json.dumps(index))
+    assert main(["flops", "--config", str(few), "--json"]) == 0
+    fewer = json.loads(capsys.readouterr().out)
+    assert fewer["steps"] == [2, 2, 1] and not fewer["cfg"]
+    per_step = [s["tflops"] / s["steps"] for s in result["per_stage"]]
+    halved = [n * f / 2 for n, f in zip((2, 2, 1), per_step, strict=True)]  # one pass, not two, per step
+    assert fewer["total_tflops"] == pytest.approx(sum(halved))
+    assert main(["flops", "--config", str(few), "--steps", "4-4-2", "--cfg", "--frames", "33", "--json"]) == 0
+    flagged = json.loads(capsys.readouterr().out)
+    assert flagged["steps"] == [4, 4, 2] and flagged["cfg"] and flagged["video"] == [33, 32, 32]

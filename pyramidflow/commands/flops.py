@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 PYRAMIDS = ("causal", "spatiotemporal", "spatial")
+DEFAULTS = {"frames": 81, "height": 480, "width": 832, "steps": "20-20-10", "pyramid": "causal", "cfg": False}
 
 
 def register(subparsers) -> None:
@@ -21,13 +22,17 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a known model size")
     src.add_argument("--config", default=None, help="a transformer config.json (diffusers layout), its "
-                     "folder, or a pipeline folder holding transformer/ (a Wan or pyramidal Wan pipeline)")
-    p.add_argument("--frames", type=int, default=81, help="video frames (1 + 4k for the Wan VAE)")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--steps", default="20-20-10", help="steps per stage, coarse to fine, e.g. 20-20-10")
+                     "folder, or a pipeline folder holding transformer/ (a Wan or pyramidal Wan pipeline); "
+                     "a pyramidal pipeline's saved size, steps, guidance and pyramid are the defaults, a "
+                     "WanPipeline's generation.json gives the size")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video frames (1 + 4k for the Wan VAE; default 81)")
+    p.add_argument("--height", type=int, default=None, help="default 480")
+    p.add_argument("--width", type=int, default=None, help="default 832")
+    p.add_argument("--steps", default=None,
+                   help="steps per stage, coarse to fine, e.g. 20-20-10 (the default)")
     p.add_argument(
-        "--pyramid", choices=PYRAMIDS, default="causal",
+        "--pyramid", choices=PYRAMIDS, default=None,
         help="how a level lowers the latent: causal first frame (Wan, default), 2x2x2, or 2x2",
     )
     p.add_argument(
@@ -36,7 +41,8 @@ def register(subparsers) -> None:
         "model's own; every stage at full resolution (default: a PPF config.json's ppf_patch_sizes)",
     )
     p.add_argument("--text-len", type=int, default=512, help="text tokens (default 512)")
-    p.add_argument("--cfg", action="store_true", help="count two forward passes per step")
+    p.add_argument("--cfg", action=argparse.BooleanOptionalAction, default=None,
+                   help="count two forward passes per step (default: a pipeline's saved guidance > 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -50,6 +56,10 @@ def compute(args: argparse.Namespace) -> dict:
     from pyramidflow.pyramid import HaarTransform, IdentityTransform
 
     vae = (_folder_vae(Path(args.config)) if args.config else None) or WAN_VAE
+    saved = _folder_defaults(Path(args.config)) if args.config else {}
+    unset = {k for k, v in vars(args).items() if v is None}
+    fill = {k: saved[k] if saved.get(k) is not None else v for k, v in DEFAULTS.items() if k in unset}
+    args = argparse.Namespace(**{**vars(args), **fill})  # flags, then the folder's values, then defaults
     if args.config:
         path = Path(args.config)
         if path.is_dir():
@@ -81,6 +91,7 @@ def compute(args: argparse.Namespace) -> dict:
         latent_shape=list(latent),
         steps=list(steps),
         pyramid=pyramid,
+        cfg=bool(args.cfg),
         full_resolution_tokens=full_tokens,
         single_stage_same_steps_tflops=single["total_tflops"],
     )
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{result['model']}: video {'x'.join(map(str, result['video']))} -> latent "
         f"{'x'.join(map(str, result['latent_shape']))}, steps {'-'.join(map(str, result['steps']))}, "
-        f"{result['pyramid']} pyramid"
+        f"{result['pyramid']} pyramid, {2 if result['cfg'] else 1} forward pass(es) per step"
     )
     header = ("stage", "latent T x H x W", "patch", "tokens", "steps", "TFLOPs/step", "TFLOPs")
     print("{:>5} {:>18} {:>7} {:>8} {:>5} {:>12} {:>10}".format(*header))
@@ -130,6 +141,28 @@ def _folder_vae(path: Path):
         return None
     return VideoAutoencoderSpec(temporal=int(vae["scale_factor_temporal"]),
                                 spatial=int(vae["scale_factor_spatial"]))
+
+
+def _folder_defaults(path: Path) -> dict:
+    """What a pipeline folder was saved for: a pyramidal pipeline's ``model_index.json`` config (size,
+    steps per stage, guidance, how its levels lower the latent) or a WanPipeline's ``generation.json``
+    (size only: the steps default stays a pyramid's, the cost of converting it)."""
+    if not path.is_dir():
+        return {}
+    if (path / "generation.json").is_file():
+        gen = json.loads((path / "generation.json").read_text())
+        return {k: gen[g] for k, g in (("frames", "num_frames"), ("height", "height"), ("width", "width"))
+                if g in gen}
+    index = path / "model_index.json"
+    config = json.loads(index.read_text()).get("config") if index.is_file() else None
+    if not isinstance(config, dict) or "sampling" not in config:
+        return {}
+    pyramid, sampling = config.get("pyramid", {}), config["sampling"]
+    lowering = ("spatial" if not pyramid.get("temporal") else
+                "causal" if pyramid.get("causal_first_frame") else "spatiotemporal")
+    return {"frames": config.get("frames"), "height": config.get("height"), "width": config.get("width"),
+            "steps": "-".join(str(int(n)) for n in sampling["steps"]), "pyramid": lowering,
+            "cfg": float(sampling.get("guidance", 1.0)) > 1.0}
 
 
 def _patches(text: str) -> list[list[int]]:
