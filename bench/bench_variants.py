@@ -8,7 +8,8 @@ sampled by diffusers itself (its own scheduler; ``steps`` is one number). Unset 
 model's saved defaults (``generation.json`` for a WanPipeline folder).
 
 Prompts: the demo's (``--demo N``) plus ``--heldout N`` captions of the shapes validation split, one
-clip each, seeds 0, 1, 2, ... The reference clips of the Fréchet distance are real validation clips
+clip each, seeds 0, 1, 2, ... (``--skip-heldout N`` starts at the N-th caption and seed N: prompts
+that took no part in choosing a model). The reference clips of the Fréchet distance are real validation clips
 of the same size and motion scale. Per variant the table gives network evaluations, transformer
 TFLOPs per clip (docs/maths.md section 15), CPU seconds per clip (sampling and decoding, batch 1,
 this process's threads), the evaluator's accuracies and the Fréchet distance.
@@ -112,13 +113,13 @@ class DiffusersRunner:
         return video if video.shape[1] == 3 else video.permute(0, 3, 1, 2)
 
 
-def measure(v: Variant, prompts: list[str], out: Path, reference_count: int) -> dict:
+def measure(v: Variant, prompts: list[str], out: Path, reference_count: int, first_seed: int = 0) -> dict:
     run = DiffusersRunner(v) if v.runner == "diffusers" else OursRunner(v)
     guided = run.guidance != 1.0
     spec = TransformerSpec.from_config(run.config, text_len=run.text_len)
     flops = schedule_flops(spec, run.latent, run.steps, run.transform, cfg=guided)["total_tflops"]
     clips, start = [], time.perf_counter()
-    for seed, prompt in enumerate(prompts):
+    for seed, prompt in enumerate(prompts, start=first_seed):
         clips.append(run(prompt, seed))
     seconds = (time.perf_counter() - start) / len(prompts)
     bounce = run.travel is not None and run.travel < run.frames - 1
@@ -152,18 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", required=True, help="label=...,path=...[,steps=...]")
     p.add_argument("--demo", type=int, default=16, help="demo prompts (default 16)")
     p.add_argument("--heldout", type=int, default=32, help="held-out validation captions (default 32)")
+    p.add_argument("--skip-heldout", type=int, default=0,
+                   help="start at this held-out caption, seeds from it too (default 0)")
     p.add_argument("--reference", type=int, default=256, help="real clips for the Fréchet distance")
     p.add_argument("--out", default="outputs/variants")
     args = p.parse_args(argv)
     variants = [parse_variant(v) for v in args.variant]
     first = DiffusersRunner(variants[0]) if variants[0].runner == "diffusers" else OursRunner(variants[0])
     travel = first.travel
-    held = ShapesDataset(height=first.height, width=first.width, num_frames=first.frames, length=args.heldout,
+    held = ShapesDataset(height=first.height, width=first.width, num_frames=first.frames, length=args.skip_heldout + args.heldout,
                          split="val", bounce=travel is not None and travel < first.frames - 1,
                          travel_frames=travel) if args.heldout else []
-    prompts = demo_prompts(args.demo) + [held[i]["text"] for i in range(args.heldout)]
+    skip = args.skip_heldout
+    prompts = demo_prompts(args.demo) + [held[i]["text"] for i in range(skip, skip + args.heldout)]
     out = Path(args.out)
-    rows = [measure(v, prompts, out, args.reference) for v in variants]
+    rows = [measure(v, prompts, out, args.reference, first_seed=skip) for v in variants]
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps({"prompts": prompts, "rows": rows}, indent=1))
     print(table(rows))
