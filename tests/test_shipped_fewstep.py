@@ -1,5 +1,6 @@
-"""The shipped few-step student of the toy pyramidal Wan model (checkpoints/wan-fewstep-shapes): distilled
-by distribution matching to 2-2-1 steps (five network evaluations, no guidance), drawing the prompted clips."""
+"""The shipped few-step student of the toy pyramidal Wan model (checkpoints/wan-fewstep-shapes):
+distilled by distribution matching to 2-2-1 steps (five network evaluations, no guidance), drawing
+the prompted clips."""
 
 from __future__ import annotations
 
