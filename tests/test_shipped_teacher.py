@@ -4,25 +4,21 @@ folder that diffusers loads and samples with its own scheduler, drawing the prom
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
+from shipped import CHECKPOINTS, check_small_safe_folder
 
 from pyramidflow.demo import demo_prompts
 from pyramidflow.eval import score_clips
 
-TEACHER = Path(__file__).resolve().parents[1] / "checkpoints" / "wan-teacher-shapes"
+TEACHER = CHECKPOINTS / "wan-teacher-shapes"
 
 
 def test_teacher_is_a_small_genuine_wanpipeline_folder():
-    index = json.loads((TEACHER / "model_index.json").read_text())
-    assert index["_class_name"] == "WanPipeline"
+    index = check_small_safe_folder(TEACHER, "WanPipeline")
     assert {"transformer", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
     assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
     assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
-    size = sum(p.stat().st_size for p in TEACHER.rglob("*") if p.is_file())
-    assert 0 < size <= 20 * 2**20, size
-    assert not list(TEACHER.rglob("*.bin")) and not list(TEACHER.rglob("*.pt"))
     generation = json.loads((TEACHER / "generation.json").read_text())
     assert {"height", "width", "num_frames", "num_inference_steps", "guidance_scale"} <= set(generation)
     assert (generation["num_frames"] - 1) % 4 == 0  # Wan's 4k + 1 frames
