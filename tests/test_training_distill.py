@@ -222,3 +222,30 @@ def test_an_original_teacher_judges_coarse_stages_at_full_resolution(teacher, tm
     bad.dmd.evaluate_at = "global"
     with pytest.raises(PyramidflowError, match="unknown dmd.evaluate_at 'global'; valid: stage, full"):
         build_method(bad, load_pair(bad))
+
+
+@pytest.mark.parametrize("levels", ["stage", "clean"])
+def test_the_discriminator_sees_renoised_or_clean_signals(teacher, tmp_path, monkeypatch, levels):
+    from pyramidflow.training.methods import adversarial
+
+    seen = []
+    original = adversarial.TeacherFeatures.__call__
+
+    def record(self, x, sigma, text, stage):
+        seen.append(sigma.clone())
+        return original(self, x, sigma, text, stage)
+
+    monkeypatch.setattr(adversarial.TeacherFeatures, "__call__", record)
+    distill_from_config(config(teacher, tmp_path / levels, "adversarial", steps=2,
+                               adversarial={"levels": levels}))
+    levels_seen = torch.cat(seen)
+    assert len(seen) >= 4  # real and fake, per phase and step
+    if levels == "clean":
+        assert torch.equal(levels_seen, torch.zeros_like(levels_seen))
+    else:
+        assert (levels_seen > 0).all()
+
+
+def test_an_unknown_discriminator_level_is_a_one_line_error(teacher, tmp_path):
+    with pytest.raises(PyramidflowError, match="adversarial.levels must be one of stage, clean"):
+        distill_from_config(config(teacher, tmp_path / "x", "adversarial", adversarial={"levels": "low"}))

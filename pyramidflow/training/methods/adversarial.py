@@ -8,9 +8,10 @@ space).
 Each micro-batch draws one step of the student's schedule (stage ``k``, level ``sigma``). The real
 clip's clean signal at that stage, ``D = down^{L_k}(x0)``, is put at ``sigma`` with fresh noise and
 the student predicts ``x0_hat = x - sigma v`` (9.1). Both ``D`` (real) and ``x0_hat`` (fake) are
-re-noised at a level ``s`` of the stage's window with one shared noise and passed through the teacher;
-forward hooks collect the hidden states of ``feature_layers``, and one head per stage and layer maps
-each token to a logit (averaged per sample: per-stage predictions). Losses, per sample:
+re-noised at a level ``s`` of the stage's window with one shared noise (``levels: stage``), or left
+clean (``levels: clean``: ``s = 0``, the teacher's features of the clean signals), and passed through
+the teacher; forward hooks collect the hidden states of ``feature_layers``, and one head per stage
+and layer maps each token to a logit (averaged per sample: per-stage predictions). Losses, per sample:
 
     discriminator:  hinge: (relu(1 - D(real)) + relu(1 + D(fake))) / 2      (section 18)
     student:        -D(fake) + reconstruction * mean (x0_hat - D)^2          (paper weight 2)
@@ -50,6 +51,10 @@ class AdversarialConfig:
     feature_layers: tuple[int, ...] = (-1,)  # teacher blocks whose outputs the heads read
     hidden: int = 64  # width of each head
     ratio: int = 1  # discriminator updates per student update
+    levels: str = "stage"  # the discriminator's inputs: re-noised in the step's stage window, or clean
+
+
+LEVELS = ("stage", "clean")
 
 
 def _head(dim: int, hidden: int) -> nn.Module:
@@ -112,6 +117,9 @@ class AdversarialDistillation(StudentMethod):
                  student_optim: OptimConfig | None = None, disc_optim: OptimConfig | None = None,
                  validator=None, finisher=None, extra: dict | None = None) -> None:
         self.config = config or AdversarialConfig()
+        if self.config.levels not in LEVELS:
+            raise PyramidflowError(f"adversarial.levels must be one of {', '.join(LEVELS)}, "
+                                   f"got {self.config.levels!r}")
         self.spec, self.positions = spec, student_positions(spec.schedule, spec.steps)
         self.features = TeacherFeatures(teacher, tuple(self.config.feature_layers))
         dim = int(teacher.config.num_attention_heads * teacher.config.attention_head_dim)
@@ -154,7 +162,7 @@ class AdversarialDistillation(StudentMethod):
         sigma = torch.full((n,), pos.sigma, device=self.device)
         x = renoise_at(real, sigma, noise)
         s = draw_levels(n, renoise_window(self.spec.schedule.windows[pos.stage], "stage"), gen)
-        s = s.float().to(self.device)
+        s = s.float().to(self.device) * (self.config.levels == "stage")  # clean: level 0, x0 itself
         eps = torch.randn(real.shape, generator=gen).to(self.device)
         if phase == "discriminator":
             with torch.no_grad():
