@@ -9,8 +9,8 @@ model's saved defaults (``generation.json`` for a WanPipeline folder).
 
 Prompts: the demo's (``--demo N``) plus ``--heldout N`` captions of the shapes validation split, one
 clip each, seeds 0, 1, 2, ... (``--skip-heldout N`` starts at the N-th caption and seed N: prompts
-that took no part in choosing a model). The reference clips of the Fréchet distance are real validation clips
-of the same size and motion scale. Per variant the table gives network evaluations, transformer
+that took no part in choosing a model). The reference clips of the Fréchet distance are real
+validation clips of the same size and motion scale. Per variant the table gives network evaluations, transformer
 TFLOPs per clip (docs/maths.md section 15), CPU seconds per clip (sampling and decoding, batch 1,
 this process's threads), the evaluator's accuracies and the Fréchet distance.
 
@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = [parse_variant(v) for v in args.variant]
     first = DiffusersRunner(variants[0]) if variants[0].runner == "diffusers" else OursRunner(variants[0])
     travel = first.travel
-    held = ShapesDataset(height=first.height, width=first.width, num_frames=first.frames, length=args.skip_heldout + args.heldout,
-                         split="val", bounce=travel is not None and travel < first.frames - 1,
-                         travel_frames=travel) if args.heldout else []
     skip = args.skip_heldout
+    held = ShapesDataset(height=first.height, width=first.width, num_frames=first.frames,
+                         length=skip + args.heldout, split="val",
+                         bounce=travel is not None and travel < first.frames - 1,
+                         travel_frames=travel) if args.heldout else []
     prompts = demo_prompts(args.demo) + [held[i]["text"] for i in range(skip, skip + args.heldout)]
     out = Path(args.out)
     rows = [measure(v, prompts, out, args.reference, first_seed=skip) for v in variants]

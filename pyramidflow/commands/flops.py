@@ -153,16 +153,19 @@ def _folder_defaults(path: Path) -> dict:
         gen = json.loads((path / "generation.json").read_text())
         return {k: gen[g] for k, g in (("frames", "num_frames"), ("height", "height"), ("width", "width"))
                 if g in gen}
+    from pyramidflow.config import from_dict
+    from pyramidflow.pipelines.config import PipelineConfig
+
     index = path / "model_index.json"
-    config = json.loads(index.read_text()).get("config") if index.is_file() else None
-    if not isinstance(config, dict) or "sampling" not in config:
+    saved = json.loads(index.read_text()).get("config") if index.is_file() else None
+    if not isinstance(saved, dict) or "sampling" not in saved:
         return {}
-    pyramid, sampling = config.get("pyramid", {}), config["sampling"]
-    lowering = ("spatial" if not pyramid.get("temporal") else
-                "causal" if pyramid.get("causal_first_frame") else "spatiotemporal")
-    return {"frames": config.get("frames"), "height": config.get("height"), "width": config.get("width"),
-            "steps": "-".join(str(int(n)) for n in sampling["steps"]), "pyramid": lowering,
-            "cfg": float(sampling.get("guidance", 1.0)) > 1.0}
+    cfg = from_dict(PipelineConfig, saved)
+    lowering = ("spatial" if not cfg.pyramid.temporal else
+                "causal" if cfg.pyramid.causal_first_frame else "spatiotemporal")
+    return {"frames": cfg.frames, "height": cfg.height, "width": cfg.width,
+            "steps": "-".join(str(int(n)) for n in cfg.sampling.steps), "pyramid": lowering,
+            "cfg": cfg.sampling.guidance > 1.0}
 
 
 def _patches(text: str) -> list[list[int]]:

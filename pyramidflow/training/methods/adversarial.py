@@ -53,6 +53,11 @@ class AdversarialConfig:
     ratio: int = 1  # discriminator updates per student update
     levels: str = "stage"  # the discriminator's inputs: re-noised in the step's stage window, or clean
 
+    def check(self) -> None:
+        if self.levels not in LEVELS:
+            raise PyramidflowError(f"adversarial.levels must be one of {', '.join(LEVELS)}, "
+                                   f"got {self.levels!r}")
+
 
 LEVELS = ("stage", "clean")
 
@@ -117,9 +122,7 @@ class AdversarialDistillation(StudentMethod):
                  student_optim: OptimConfig | None = None, disc_optim: OptimConfig | None = None,
                  validator=None, finisher=None, extra: dict | None = None) -> None:
         self.config = config or AdversarialConfig()
-        if self.config.levels not in LEVELS:
-            raise PyramidflowError(f"adversarial.levels must be one of {', '.join(LEVELS)}, "
-                                   f"got {self.config.levels!r}")
+        self.config.check()
         self.spec, self.positions = spec, student_positions(spec.schedule, spec.steps)
         self.features = TeacherFeatures(teacher, tuple(self.config.feature_layers))
         dim = int(teacher.config.num_attention_heads * teacher.config.attention_head_dim)
@@ -162,7 +165,9 @@ class AdversarialDistillation(StudentMethod):
         sigma = torch.full((n,), pos.sigma, device=self.device)
         x = renoise_at(real, sigma, noise)
         s = draw_levels(n, renoise_window(self.spec.schedule.windows[pos.stage], "stage"), gen)
-        s = s.float().to(self.device) * (self.config.levels == "stage")  # clean: level 0, x0 itself
+        s = s.float().to(self.device)
+        if self.config.levels == "clean":  # drawn all the same, so a resumed run repeats its draws
+            s = torch.zeros_like(s)
         eps = torch.randn(real.shape, generator=gen).to(self.device)
         if phase == "discriminator":
             with torch.no_grad():
