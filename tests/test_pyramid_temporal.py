@@ -14,6 +14,7 @@ from pyramidflow.pyramid.temporal import (
     max_training_tokens,
     sequence_tokens,
     tokens_per_level,
+    translate,
     unit_layout,
     unit_probabilities,
 )
@@ -111,3 +112,27 @@ def test_drawn_units_follow_their_probabilities(generator):
     # the uniform draw is still one randint (earlier runs' draws are unchanged)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert draw_unit(n, "uniform", g1) == int(torch.randint(n, (), generator=g2))
+
+
+def _blob(cy, cx, size=32, width=2.0):
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    return torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2)), yy, xx
+
+
+def test_translate_moves_the_centroid_and_is_exact_for_integer_moves():
+    """(7.4): integer moves shift pixels exactly (border repeated); sub-pixel moves move a smooth
+    blob's centroid by the move, to bicubic interpolation's accuracy (0.05 px for a width-2 blob)."""
+    g, yy, xx = _blob(14.3, 17.6)
+    x = g.expand(2, 3, 2, 32, 32).clone()  # (B, C, F, H, W)
+    torch.testing.assert_close(translate(x, 0.0, 0.0), x, rtol=0, atol=1e-12)
+    moved = translate(x, 2.0, -1.0)
+    torch.testing.assert_close(moved[..., 2:, :-1], x[..., :-2, 1:], rtol=0, atol=1e-12)
+    top = x[..., :1, 1:].expand_as(moved[..., :2, :-1])  # rows moved in from outside repeat the border
+    torch.testing.assert_close(moved[..., :2, :-1], top, rtol=0, atol=1e-12)
+    for dy, dx in [(0.5, -0.3), (1.7, 2.2), (-0.25, 0.75)]:
+        y = translate(x, dy, dx)[1, 2, 1]
+        cy, cx = float((y * yy).sum() / y.sum()), float((y * xx).sum() / y.sum())
+        assert abs(cy - 14.3 - dy) < 0.05 and abs(cx - 17.6 - dx) < 0.05
+    with pytest.raises(PyramidflowError, match="B, C, F, H, W"):
+        translate(x[0], 1.0, 1.0)

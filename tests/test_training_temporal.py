@@ -76,6 +76,42 @@ def test_history_corruption_levels_are_uniform():
     assert var_lo - 4 * se_var < float(levels.var()) < var_hi + 4 * se_var
 
 
+def test_history_shift_moves_each_history_unit_and_nothing_else():
+    """history_shift (7.4): the current segment and target are untouched, each history unit is
+    moved as a whole by its own draw, scaled to its level; the draws' spread matches the std
+    (Monte Carlo over the full-resolution units of 400 examples: the sample std of N(0, s^2) has relative error 1/sqrt(2n))."""
+    schedule, transform = _setup()
+    size = 32
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    blob = torch.exp(-((yy - 15.5) ** 2 + (xx - 15.5) ** 2) / (2 * 3.0**2))
+    x0 = blob.expand(1, 3, 3, size, size).clone()
+    plain = TemporalConfig("autoregressive", 1, corrupt_max=0.0)
+    moved = TemporalConfig("autoregressive", 1, corrupt_max=0.0, history_shift=0.5)
+    moves = []
+    for seed in range(400):
+        a = draw_example(x0, schedule, transform, torch.Generator().manual_seed(seed), plain, patch_frames=1)
+        b = draw_example(x0, schedule, transform, torch.Generator().manual_seed(seed), moved, patch_frames=1)
+        assert a.unit == b.unit and a.stage == b.stage
+        assert torch.equal(a.segments[-1].latent, b.segments[-1].latent) and torch.equal(a.target, b.target)
+        for ha, hb in zip(a.segments[:-1], b.segments[:-1], strict=True):
+            f = ha.latent[0, 0, 0]  # one channel: the move is the same for all
+            w = hb.latent[0, 0, 0]
+            n = f.shape[-1]
+            grid = (torch.arange(n, dtype=torch.float64) + 0.5) * (size / n) - 0.5  # full-resolution pixels
+            cy = float((w.sum(1) * grid).sum() / w.sum() - (f.sum(1) * grid).sum() / f.sum())
+            cx = float((w.sum(0) * grid).sum() / w.sum() - (f.sum(0) * grid).sum() / f.sum())
+            if n == size:  # full resolution: the most precise centroid
+                moves += [cy, cx]
+            assert torch.equal(hb.latent[0, 0], hb.latent[0, 2])
+    m = torch.tensor(moves)
+    assert len(m) > 100
+    assert abs(float(m.mean())) < 4 * 0.5 / len(m) ** 0.5
+    assert abs(float(m.std()) / 0.5 - 1) < 4 / (2 * len(m)) ** 0.5 + 0.05  # + bicubic's centroid error
+    with pytest.raises(ValueError, match="history_shift"):
+        TemporalConfig("autoregressive", 1, history_shift=-1.0).check()
+
+
 def test_full_sequence_packed_equals_batched_loss():
     schedule, transform = _setup()
     model = tiny_dit()

@@ -74,6 +74,7 @@ class TemporalConfig:
     corrupt_max: float = 1 / 3  # training history noise level ~ U(0, corrupt_max)
     max_history: int | None = None  # autoregressive: history units kept (the most recent); None: all
     unit_draw: str = "uniform"  # training: which unit is the current one (docs/maths.md section 7)
+    history_shift: float = 0.0  # training: std (full-resolution pixels) of a random move of each history unit
 
     def check(self) -> None:
         if self.mode not in TEMPORAL_MODES:
@@ -86,6 +87,8 @@ class TemporalConfig:
             raise PyramidflowError(f"unknown unit_draw {self.unit_draw!r}; valid: {', '.join(UNIT_DRAWS)}")
         if self.max_history is not None and self.max_history < 1:
             raise PyramidflowError(f"max_history must be >= 1 (or null for all), got {self.max_history}")
+        if not 0.0 <= self.history_shift <= 4.0:
+            raise PyramidflowError(f"history_shift must lie in [0, 4] pixels, got {self.history_shift}")
 
     @property
     def autoregressive(self) -> bool:

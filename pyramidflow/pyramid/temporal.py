@@ -9,7 +9,8 @@ level lower, and so on, older units at the lowest level:
 Positions: the current unit sits on the integer grid of its own stage (extrapolated); a history
 unit at a lower level is placed on that grid at fractional positions, the centres of its blocks
 (interpolated). History is corrupted with noise of level U(0, corrupt_max) in training and kept
-clean at inference.
+clean at inference; training may also move each history unit by a small random translation
+(``history_shift``, docs/maths.md section 7), so that the model does not copy its history's errors.
 """
 
 from __future__ import annotations
@@ -99,6 +100,22 @@ def corrupt(x: Tensor, level: Tensor | float, generator=None) -> Tensor:
         level = level.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return (1 - level) * x + level * eps
+
+
+def translate(x: Tensor, dy: float, dx: float) -> Tensor:
+    """x (B, C, F, H, W) moved by (dy, dx) pixels (down, right), sub-pixel by bicubic interpolation,
+    the border pixels repeated outside the frame (docs/maths.md (7.4)); integer moves copy pixels
+    (to rounding)."""
+    if x.dim() != 5:
+        raise PyramidflowError(f"translate needs (B, C, F, H, W), got {tuple(x.shape)}")
+    b, c, f, h, w = x.shape
+    flat = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B F, C, H, W)
+    dtype = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32
+    theta = torch.tensor([[1.0, 0.0, -2.0 * dx / w], [0.0, 1.0, -2.0 * dy / h]], dtype=dtype, device=x.device)
+    grid = torch.nn.functional.affine_grid(theta.expand(b * f, 2, 3), [b * f, c, h, w], align_corners=False)
+    out = torch.nn.functional.grid_sample(flat.to(dtype), grid, mode="bicubic", padding_mode="border",
+                                          align_corners=False)  # (B F, C, H, W)
+    return out.to(x.dtype).reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
 def corrupt_history(history: Tensor, corrupt_max: float = 1 / 3, generator=None) -> tuple[Tensor, Tensor]:

@@ -10,13 +10,14 @@ Each example becomes one token sequence for :meth:`PyramidDiT.forward_packed`:
   frames; a unit u is drawn (``temporal.unit_draw``: uniformly, or as if from clips of variable
   length), its path point at the drawn stage i is the current segment, and the earlier units
   are the history, compressed (the last unit at stage i's level, older ones one level lower per
-  unit back, down to the lowest) and corrupted with noise of level
-  U(0, ``corrupt_max``) per example. History is labelled clean (timestep 0), exactly as sampling
-  sees it; the corruption teaches the model to tolerate its own imperfect history. Attention is
-  block-causal over units, and only the current unit is in the loss.
+  unit back, down to the lowest) and corrupted with noise of level U(0, ``corrupt_max``) per
+  example, after an optional random translation of each history unit (``history_shift``,
+  docs/maths.md (7.4)). History is labelled clean (timestep 0), exactly as sampling sees it; the
+  corruption teaches the model to tolerate its own imperfect history. Attention is block-causal
+  over units, and only the current unit is in the loss.
 
 Random draws of example j come from its own generator, in order: unit, stage, position, path noise,
-corruption level, corruption noise. A batch split over processes or accumulation steps therefore
+corruption level, history moves (``temporal.history_shift`` > 0 only), corruption noise. A batch split over processes or accumulation steps therefore
 sees exactly the draws of the whole batch (the trainer's invariance).
 """
 
@@ -41,6 +42,7 @@ from pyramidflow.pyramid.temporal import (
     history_levels,
     history_window,
     split_units,
+    translate,
 )
 from pyramidflow.training.flow_loss import LossOutput
 
@@ -95,8 +97,14 @@ def draw_example(
         levels = history_levels(len(kept), stage, schedule.num_stages)
         history = [HistoryUnit(pyramid_units[schedule.num_stages - 1 - lv][i], lv, i)
                    for i, lv in zip(kept, levels, strict=True)]
+    level = None
     if history and temporal.corrupt_max > 0:
         level = torch.rand((), generator=generator, dtype=torch.float64) * temporal.corrupt_max
+    if history and temporal.history_shift > 0:  # (7.4): one move per unit, in full-resolution pixels
+        moves = torch.randn((len(history), 2), generator=generator, dtype=torch.float64) * temporal.history_shift
+        history = [HistoryUnit(translate(h.latent, *(m / 2 ** h.level).tolist()), h.level, h.unit)
+                   for h, m in zip(history, moves, strict=True)]
+    if level is not None:
         history = [HistoryUnit(corrupt(h.latent, float(level), generator), h.level, h.unit) for h in history]
     hist, current = unit_token_segments(history, x_t, ts.sigma, u, stage, schedule.num_stages, patch_frames)
     if patchify:
