@@ -39,7 +39,7 @@ def registry():
 
 @pytest.fixture(scope="module")
 def info(registry):
-    return registry.info(registry.default)
+    return registry.info("shapes-tiny")  # the 4-frame model: quick to sample
 
 
 def _fake_pipeline(folder):
@@ -65,14 +65,15 @@ def test_discover_lists_the_shipped_model_first_and_given_folders_before_it(tmp_
 
 
 def test_model_info_is_read_from_the_pipeline(registry, info):
-    assert registry.names[0] == registry.default == "shapes-tiny"
+    assert registry.names[0] == registry.default == "shapes-long"  # the demo's model is the default
+    assert registry.info("shapes-long").frames == 16
     assert info.mode == "autoregressive" and info.space == "pixel" and info.num_stages == 3
     assert info.frame_values == list(range(1, 17)) and info.frames == 4
     assert (info.height, info.width, info.size_step, info.max_size) == (32, 32, 16, 128)
     assert info.steps == (10, 10, 10) and (info.guidance, info.video_guidance) == (4.0, 2.0)
     assert info.image_to_video and info.negative_prompt  # the pipeline takes a negative prompt
     assert "shapes-tiny" in info.summary() and "image-to-video: yes" in info.summary()
-    with pytest.raises(AppError, match="unknown model 'nope'; valid: shapes-tiny"):
+    with pytest.raises(AppError, match="unknown model 'nope'; valid: shapes-long, shapes-tiny"):
         registry.info("nope")
 
 
@@ -165,7 +166,7 @@ def test_text_to_video_writes_an_mp4_of_the_prompted_colour(registry, tmp_path):
 def test_the_shipped_wan_teacher_is_listed_and_generates(registry, tmp_path):
     """checkpoints/wan-teacher-shapes (a diffusers WanPipeline folder) is offered beside the default
     and generates its 4k + 1 frames with its one stage."""
-    assert "wan-teacher-shapes" in registry.names and registry.default == "shapes-tiny"
+    assert "wan-teacher-shapes" in registry.names and registry.default == "shapes-long"
     info = registry.info("wan-teacher-shapes")
     assert (info.mode, info.space, info.num_stages, info.frames) == ("full_sequence", "latent", 1, 17)
     assert "1 stage," in info.summary() and info.frame_values[:3] == [1, 5, 9]

@@ -1,4 +1,5 @@
-"""``pyramidflow demo``: 32 prompts through the shipped tiny model, scored; optionally retrain it first."""
+"""``pyramidflow demo``: 32 prompts through the shipped long-clip model, scored; optionally retrain the
+4-frame model first and sample that instead."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ DEMO_TRAIN_STEPS = 600  # the --train budget on configs/shapes-tiny.yaml (docs/B
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="sample 32 fixed prompts from the shipped tiny model and score them",
-        description="Sample 32 fixed shapes prompts (every colour, shape, direction and background) from "
-        "the shipped model checkpoints/shapes-tiny, evaluate them and write OUT/clips/*.mp4 (+ prompts), "
-        "OUT/sheet.png and OUT/metrics.json. --train first retrains the model from scratch with "
-        f"configs/shapes-tiny.yaml for {DEMO_TRAIN_STEPS} steps (a short, fixed budget) into OUT/model.",
+        help="sample 32 fixed prompts from the shipped model and score them",
+        description="Sample 32 fixed shapes prompts (every colour, shape, direction and background; every "
+        "colour with every shape) from the shipped model checkpoints/shapes-long (16-frame clips), evaluate "
+        "them and write OUT/clips/*.mp4 (+ prompts), OUT/sheet.png and OUT/metrics.json (accuracies, "
+        "intact clips, Fréchet distance). --train first trains the 4-frame model from scratch with "
+        f"configs/shapes-tiny.yaml for {DEMO_TRAIN_STEPS} steps (a short, fixed budget) into OUT/model "
+        "and samples that.",
     )
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
-    p.add_argument("--train", action="store_true", help="retrain the tiny model from scratch first")
+    p.add_argument("--train", action="store_true", help="train the 4-frame model from scratch first")
     p.add_argument("--train-steps", type=int, default=DEMO_TRAIN_STEPS, help="steps for --train")
     p.add_argument("--config", default=None,
                    help="preset for --train (default configs/shapes-tiny.yaml, pixel space; "
