@@ -79,7 +79,8 @@ def test_history_corruption_levels_are_uniform():
 def test_history_shift_moves_each_history_unit_and_nothing_else():
     """history_shift (7.4): the current segment and target are untouched, each history unit is
     moved as a whole by its own draw, scaled to its level; the draws' spread matches the std
-    (Monte Carlo over the full-resolution units of 400 examples: the sample std of N(0, s^2) has relative error 1/sqrt(2n))."""
+    (Monte Carlo over the full-resolution units of 400 examples: the sample std of N(0, s^2) has
+    relative error 1/sqrt(2n))."""
     schedule, transform = _setup()
     size = 32
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),

@@ -17,8 +17,9 @@ Each example becomes one token sequence for :meth:`PyramidDiT.forward_packed`:
   over units, and only the current unit is in the loss.
 
 Random draws of example j come from its own generator, in order: unit, stage, position, path noise,
-corruption level, history moves (``temporal.history_shift`` > 0 only), corruption noise. A batch split over processes or accumulation steps therefore
-sees exactly the draws of the whole batch (the trainer's invariance).
+corruption level, history moves (``temporal.history_shift`` > 0 only), corruption noise. A batch
+split over processes or accumulation steps therefore sees exactly the draws of the whole batch (the
+trainer's invariance).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def draw_example(
     if history and temporal.corrupt_max > 0:
         level = torch.rand((), generator=generator, dtype=torch.float64) * temporal.corrupt_max
     if history and temporal.history_shift > 0:  # (7.4): one move per unit, in full-resolution pixels
-        moves = torch.randn((len(history), 2), generator=generator, dtype=torch.float64) * temporal.history_shift
+        moves = temporal.history_shift * torch.randn((len(history), 2), generator=generator,
+                                                     dtype=torch.float64)
         history = [HistoryUnit(translate(h.latent, *(m / 2 ** h.level).tolist()), h.level, h.unit)
                    for h, m in zip(history, moves, strict=True)]
     if level is not None:
