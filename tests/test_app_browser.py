@@ -186,7 +186,7 @@ def test_text_to_video_plays_frames_of_the_prompted_colour(page, tmp_path):
     clip = _download(page, "#result-video", tmp_path)  # the page's download link: the mp4 it plays
     assert clip.suffix == ".mp4" and video.get_attribute("src").endswith(clip.name)
     pixels, fps = read_video(clip)
-    assert pixels.shape == (4, 3, 32, 32) and fps == 8
+    assert pixels.shape == (16, 3, 32, 32) and fps == 8  # the default model's 16 frames
     described = describe_video(pixels)
     assert described["color"] == "red" and described["background"] == "black", described
     assert f"prompt {RED}" in page.locator("#settings").inner_text()
