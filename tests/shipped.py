@@ -21,10 +21,12 @@ def check_small_safe_folder(folder: Path, class_name: str) -> dict:
 
 
 def check_draws_prompts(clips, prompts, frames: int = 17, travel_frames: int | None = None) -> dict:
-    """The evaluator's accuracies of ``clips`` (``frames`` x 3 x 32 x 32 each, judged with the model's
-    motion scale ``travel_frames``), well above chance on colour, shape and direction."""
+    """The evaluator's scores of ``clips`` (``frames`` x 3 x 32 x 32 each, judged with the model's
+    motion scale ``travel_frames``), whose accuracies are well above chance on colour, shape and
+    direction; returns :func:`score_clips`'s dict (accuracies and per-clip results)."""
     assert clips[0].shape == (frames, 3, 32, 32) and all(c.isfinite().all() for c in clips)
-    acc = score_clips(clips, prompts, travel_frames=travel_frames)["accuracy"]
+    scores = score_clips(clips, prompts, travel_frames=travel_frames)
+    acc = scores["accuracy"]
     # chance: 1/7 colour, 1/3 shape, 1/4 direction; docs/BENCHMARKS.md has the full scores
     assert acc["color"] >= 0.85 and acc["shape"] >= 0.5 and acc["direction"] >= 0.5, acc
-    return acc
+    return scores
