@@ -19,6 +19,7 @@ from pyramidflow.config import to_dict
 from pyramidflow.data.sources import captions, clip_dataset, with_images
 from pyramidflow.errors import PyramidflowError, PyramidflowWarning
 from pyramidflow.models import EmbeddedTextEncoder, PPFDiT, PyramidDiT, load_text_encoder, load_transformer
+from pyramidflow.models.grow import grow_depth
 from pyramidflow.models.lora import add_lora
 from pyramidflow.models.ppf import check_stage_levels
 from pyramidflow.models.vae import PixelSpace, load_vae
@@ -76,6 +77,7 @@ def build_model(cfg: ModelConfig, channels: int, text_dim: int, num_stages: int 
         if have != (channels, text_dim):
             raise PyramidflowError(f"{cfg.pretrained}: the transformer takes {have[0]} channels and text of "
                                    f"width {have[1]}, this run needs {channels} and {text_dim}")
+        model = grow_depth(model, cfg.grow_layers)
         if sizes is not None and not isinstance(model, PPFDiT):
             model = PPFDiT.from_transformer(model, sizes)
         elif sizes is not None and [list(p) for p in model.patch_sizes] != sizes:

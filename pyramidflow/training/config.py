@@ -68,6 +68,7 @@ class ModelConfig:
     attention_backend: str = "auto"
     pretrained: str | None = None  # start from a saved transformer (PyramidDiT or diffusers Wan)
     gradient_checkpointing: bool = False
+    grow_layers: int = 0  # with pretrained: insert this many new blocks, each starting as the identity
     lora_rank: int = 0  # > 0: freeze the transformer and train one LoRA adapter of this rank
     lora_alpha: float | None = None  # adapter scale alpha / rank (default alpha = rank)
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS  # module name suffixes (models/lora.py)
@@ -154,6 +155,11 @@ class TrainConfig:
             raise PyramidflowError(f"data.image_ratio must lie in [0, 1), got {self.data.image_ratio}")
         self.temporal.check()
         self.pyramid.check_temporal(self.temporal)
+        if self.model.grow_layers and (not self.model.pretrained or self.model.lora_rank > 0):
+            raise PyramidflowError("model.grow_layers adds blocks to a trained transformer: it needs "
+                                   "model.pretrained, and the new blocks train in full (no lora_rank)")
+        if self.model.grow_layers < 0:
+            raise PyramidflowError(f"model.grow_layers must be >= 0, got {self.model.grow_layers}")
         if self.model.ppf_patch_sizes is not None and not self.pyramid.patchify:
             raise PyramidflowError("model.ppf_patch_sizes runs stage i at patch level i: it needs "
                                    "pyramid.patchify: true")
