@@ -99,6 +99,8 @@ def test_growing_needs_a_pretrained_full_model():
         TrainConfig.from_dict({"model": {"grow_layers": 2}}).check()
     with pytest.raises(PyramidflowError, match="no lora_rank"):
         TrainConfig.from_dict({"model": {"grow_layers": 2, "pretrained": "x", "lora_rank": 4}}).check()
+    with pytest.raises(PyramidflowError, match="must be >= 0"):
+        TrainConfig.from_dict({"model": {"grow_layers": -1, "pretrained": "x"}}).check()
 
 
 SETS = ["data.height=16", "data.width=16", "data.num_clips=16", "text_encoder.dim=16",

@@ -42,9 +42,9 @@ def zero_block_outputs(block: nn.Module) -> None:
 def grow_depth(model: nn.Module, count: int, seed: int = 0) -> nn.Module:
     """A copy of ``model`` (a PyramidDiT or subclass) with ``count`` identity blocks inserted.
 
-    Same class and configuration except ``num_layers``; the trained blocks keep their weights and
-    order; the new blocks' weights come from a generator seeded with ``seed``, their output
-    projections zero. ``count == 0`` returns ``model`` itself.
+    Same class, configuration, device and dtype except ``num_layers``; the trained blocks keep their
+    weights and order; the new blocks are initialised under ``torch.manual_seed(seed)`` (the global
+    generator is restored afterwards), their output projections zero. ``count == 0`` returns ``model``.
     """
     if count == 0:
         return model
@@ -53,21 +53,17 @@ def grow_depth(model: nn.Module, count: int, seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         grown = type(model).from_config({**model.config, "num_layers": old + count})
-    grown.to(dtype=next(model.parameters()).dtype)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
-    trained = iter(range(old))
-    for index in range(old + count):
+    first = next(model.parameters())
+    grown.to(device=first.device, dtype=first.dtype)
+    outside = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    missing, unexpected = grown.load_state_dict(outside, strict=False)
+    if unexpected or any(not k.startswith("blocks.") for k in missing):
+        raise PyramidflowError(f"growing the transformer left weights unmatched: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+    trained = iter(model.blocks)
+    for index, block in enumerate(grown.blocks):
         if index in slots:
-            zero_block_outputs(grown.blocks[index])
-            continue
-        source = next(trained)
-        prefix = f"blocks.{source}."
-        state.update({f"blocks.{index}.{k[len(prefix):]}": v for k, v in model.state_dict().items()
-                      if k.startswith(prefix)})
-    missing, unexpected = grown.load_state_dict(state, strict=False)
-    new_keys = {k for k in grown.state_dict()
-                if k.split(".")[0] == "blocks" and int(k.split(".")[1]) in slots}
-    if unexpected or set(missing) - new_keys:
-        raise PyramidflowError(f"growing the transformer left weights unmatched: missing "
-                               f"{sorted(set(missing) - new_keys)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            zero_block_outputs(block)
+        else:
+            block.load_state_dict(next(trained).state_dict())  # strict: same block shape
     return grown

@@ -155,11 +155,11 @@ class TrainConfig:
             raise PyramidflowError(f"data.image_ratio must lie in [0, 1), got {self.data.image_ratio}")
         self.temporal.check()
         self.pyramid.check_temporal(self.temporal)
+        if self.model.grow_layers < 0:
+            raise PyramidflowError(f"model.grow_layers must be >= 0, got {self.model.grow_layers}")
         if self.model.grow_layers and (not self.model.pretrained or self.model.lora_rank > 0):
             raise PyramidflowError("model.grow_layers adds blocks to a trained transformer: it needs "
                                    "model.pretrained, and the new blocks train in full (no lora_rank)")
-        if self.model.grow_layers < 0:
-            raise PyramidflowError(f"model.grow_layers must be >= 0, got {self.model.grow_layers}")
         if self.model.ppf_patch_sizes is not None and not self.pyramid.patchify:
             raise PyramidflowError("model.ppf_patch_sizes runs stage i at patch level i: it needs "
                                    "pyramid.patchify: true")
