@@ -24,7 +24,7 @@ from pyramidflow.pipelines.pyramid_flow import PyramidFlowPipeline
 NUM_PROMPTS = 32
 REFERENCE_CLIPS = 256
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "shapes-long"  # 16-frame clips (docs/BENCHMARKS.md, "Long clips")
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "shapes-long"  # 32-frame clips (docs/BENCHMARKS.md, "Long clips")
 DEFAULT_CONFIG = REPO / "configs" / "shapes-tiny.yaml"  # what --train retrains: the 4-frame model, minutes
 
 

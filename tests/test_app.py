@@ -66,7 +66,7 @@ def test_discover_lists_the_shipped_model_first_and_given_folders_before_it(tmp_
 
 def test_model_info_is_read_from_the_pipeline(registry, info):
     assert registry.names[0] == registry.default == "shapes-long"  # the demo's model is the default
-    assert registry.info("shapes-long").frames == 16
+    assert registry.info("shapes-long").frames == 32
     assert info.mode == "autoregressive" and info.space == "pixel" and info.num_stages == 3
     assert info.frame_values == list(range(1, 17)) and info.frames == 4
     assert (info.height, info.width, info.size_step, info.max_size) == (32, 32, 16, 128)

@@ -186,7 +186,7 @@ def test_text_to_video_plays_frames_of_the_prompted_colour(page, tmp_path):
     clip = _download(page, "#result-video", tmp_path)  # the page's download link: the mp4 it plays
     assert clip.suffix == ".mp4" and video.get_attribute("src").endswith(clip.name)
     pixels, fps = read_video(clip)
-    assert pixels.shape == (16, 3, 32, 32) and fps == 8  # the default model's 16 frames
+    assert pixels.shape == (32, 3, 32, 32) and fps == 8  # the default model's 32 frames
     described = describe_video(pixels)
     assert described["color"] == "red" and described["background"] == "black", described
     assert f"prompt {RED}" in page.locator("#settings").inner_text()
@@ -201,10 +201,10 @@ def test_errors_are_messages_and_the_app_keeps_working(page, tmp_path):
     page.locator("#prompt textarea").fill("")
     page.locator("#generate").click()
     _error(page, "write a prompt first")
-    page.locator("#frames input").fill("99")
+    page.locator("#frames input").fill("999")
     page.locator("#prompt textarea").fill(RED)
     page.locator("#generate").click()
-    _error(page, "cannot make 99 frames: valid values are 1, 2, 3")
+    _error(page, "cannot make 999 frames: valid values are 1, 2, 3")
     assert page.locator("#gallery .caption-label").count() == 0
     assert "Traceback" not in page.content()
 

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         "demo",
         help="sample 32 fixed prompts from the shipped model and score them",
         description="Sample 32 fixed shapes prompts (every colour, shape, direction and background; every "
-        "colour with every shape) from the shipped model checkpoints/shapes-long (16-frame clips), evaluate "
+        "colour with every shape) from the shipped model checkpoints/shapes-long (32-frame clips), evaluate "
         "them and write OUT/clips/*.mp4 (+ prompts), OUT/sheet.png and OUT/metrics.json (accuracies, "
         "intact clips, Fréchet distance). --train first trains the 4-frame model from scratch with "
         f"configs/shapes-tiny.yaml for {DEMO_TRAIN_STEPS} steps (a short, fixed budget) into OUT/model "
